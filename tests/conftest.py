@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_TOKENIZER = ROOT.parent / "shared" / "llama2-tokenizer" / "tokenizer.model"
+
+# Tests are small; two threads is what CI has and keeps timings comparable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def real_tokenizer_path() -> Path:
+    """Meta's Llama 2 tokenizer, present on the project's machines only (never committed)."""
+    if not REAL_TOKENIZER.exists():
+        pytest.skip(f"the real Llama 2 tokenizer is not at {REAL_TOKENIZER}")
+    return REAL_TOKENIZER
