@@ -5,7 +5,7 @@
     model = L.Transformer(L.ModelArgs.preset("toy"))
 """
 
-from . import checkpoint, generation
+from . import checkpoint, generation, scale
 from .config import PRESETS, ModelArgs, count_parameters, kv_cache_bytes, weight_bytes
 from .generation import generate, sample_next, top_p_filter
 from .kv_cache import KVCache
