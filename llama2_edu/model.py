@@ -30,34 +30,34 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In fp32 whatever the model dtype: squaring bf16 activations loses too much.
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # F.rms_norm computes exactly  x * rsqrt(mean(x^2) + eps)  in one fused op.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return normed.type_as(x) * self.weight
 
 
 def precompute_rope(head_dim: int, max_seq_len: int, theta: float = 10000.0,
-                    device: torch.device | str | None = None):
-    """cos and sin of the rotation angles, each (max_seq_len, head_dim // 2).
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The rotations as unit complex numbers e^{i * pos * freq}, (max_seq_len, head_dim // 2).
 
-    Pair i of a head rotates by angle  pos * theta^(-2i / head_dim):  fast-turning pairs
-    for nearby positions, slow ones for far positions."""
+    Pair i of a head turns by angle  pos * theta^(-2i / head_dim):  fast-turning pairs
+    resolve nearby positions, slow ones far positions."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = torch.outer(torch.arange(max_seq_len, device=device).float(), freqs)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (batch, seq, heads, head_dim) by the angles of its positions.
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate x (batch, seq, heads, head_dim) by the rotations (seq, head_dim // 2) of its
+    positions.
 
-    Meta's layout: the pairs are *adjacent* features (x0, x1), (x2, x3), ... (Meta writes
-    this with complex numbers, `torch.view_as_complex`). Hugging Face's `rotate_half` pairs
-    feature i with feature i + head_dim/2 instead. Both are the same rotation on a permuted
-    basis, which is why `checkpoint.meta_to_hf` permutes the rows of wq and wk.
+    Meta's layout: the pairs are *adjacent* features (x0, x1), (x2, x3), ..., read as the
+    complex number x0 + i x1 and turned by one complex multiplication. Hugging Face's
+    `rotate_half` pairs feature i with feature i + head_dim/2 instead. Both are the same
+    rotation on a permuted basis, which is why `checkpoint.meta_to_hf` permutes the rows of
+    wq and wk.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., head_dim/2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., head_dim/2)
+    rotated = torch.view_as_real(pairs * rotations[:, None, :])  # broadcast over heads
     return rotated.flatten(-2).type_as(x)
 
 
@@ -74,13 +74,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, start_pos: int = 0,
+                cache: KVCache | None = None) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         q = self.wq(x).view(batch, seq_len, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seq_len, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seq_len, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # V carries no position
+        q, k = apply_rope(q, rotations), apply_rope(k, rotations)  # V carries no position
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         if cache is not None:
@@ -131,8 +131,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x, cos, sin, start_pos: int = 0, cache: KVCache | None = None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+    def forward(self, x, rotations, start_pos: int = 0, cache: KVCache | None = None):
+        h = x + self.attention(self.attention_norm(x), rotations, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -146,10 +146,9 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)  # not tied to embeddings
         # Rotation tables are derived, not learned: non-persistent, so the state dict holds
         # exactly Meta's keys. Built on the parameters' device (on "meta", see init_rope).
-        cos, sin = precompute_rope(args.head_dim, args.max_seq_len, args.rope_theta,
-                                   device=self.output.weight.device)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        rotations = precompute_rope(args.head_dim, args.max_seq_len, args.rope_theta,
+                                    device=self.output.weight.device)
+        self.register_buffer("rope", rotations, persistent=False)
         if self.output.weight.device.type != "meta":
             self.apply(self._init_weights)
             self._scale_residual_projections()
@@ -158,8 +157,8 @@ class Transformer(nn.Module):
         """(Re)compute the rotation tables, e.g. after a model built on the meta device has
         had real weights assigned."""
         device = device if device is not None else self.output.weight.device
-        self.rope_cos, self.rope_sin = precompute_rope(
-            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device)
+        self.rope = precompute_rope(self.args.head_dim, self.args.max_seq_len,
+                                    self.args.rope_theta, device=device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -196,10 +195,9 @@ class Transformer(nn.Module):
             raise ValueError(f"positions {start_pos}..{start_pos + seq_len - 1} exceed "
                              f"max_seq_len {self.args.max_seq_len}")
         h = self.tok_embeddings(tokens)
-        cos = self.rope_cos[start_pos:start_pos + seq_len]
-        sin = self.rope_sin[start_pos:start_pos + seq_len]
+        rotations = self.rope[start_pos:start_pos + seq_len]
         for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, cache)
+            h = layer(h, rotations, start_pos, cache)
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()

@@ -34,18 +34,18 @@ def test_rmsnorm_matches_torch_and_computes_in_fp32():
 
 
 def test_rope_preserves_norms():
-    cos, sin = precompute_rope(16, 64)
+    rotations = precompute_rope(16, 64)
     x = torch.randn(2, 64, 3, 16)
-    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(apply_rope(x, rotations).norm(dim=-1), x.norm(dim=-1))
 
 
 def test_rope_scores_depend_only_on_relative_offset():
-    cos, sin = precompute_rope(32, 200, theta=10000.0)
+    rotations = precompute_rope(32, 200, theta=10000.0)
     q, k = torch.randn(32), torch.randn(32)
 
     def score(m, n):
-        qm = apply_rope(q.view(1, 1, 1, 32), cos[m:m + 1], sin[m:m + 1])
-        kn = apply_rope(k.view(1, 1, 1, 32), cos[n:n + 1], sin[n:n + 1])
+        qm = apply_rope(q.view(1, 1, 1, 32), rotations[m:m + 1])
+        kn = apply_rope(k.view(1, 1, 1, 32), rotations[n:n + 1])
         return (qm * kn).sum()
 
     for offset in (0, 1, 7, 50):
@@ -55,9 +55,19 @@ def test_rope_scores_depend_only_on_relative_offset():
 
 
 def test_rope_is_identity_at_position_zero():
-    cos, sin = precompute_rope(8, 4)
+    rotations = precompute_rope(8, 4)
     x = torch.randn(1, 1, 2, 8)
-    torch.testing.assert_close(apply_rope(x, cos[:1], sin[:1]), x)
+    torch.testing.assert_close(apply_rope(x, rotations[:1]), x)
+
+
+def test_rope_rotates_adjacent_pairs_by_the_expected_angle():
+    """Meta's layout: features (2i, 2i+1) form pair i, turned by pos * theta^(-2i/d)."""
+    head_dim, theta, pos = 4, 100.0, 3
+    x = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 1, head_dim)
+    out = apply_rope(x, precompute_rope(head_dim, 8, theta)[pos:pos + 1]).flatten()
+    angles = pos * theta ** (-torch.arange(0, head_dim, 2) / head_dim)
+    expected = torch.stack((angles.cos(), angles.sin()), dim=-1).flatten()
+    torch.testing.assert_close(out, expected)
 
 
 def test_gqa_with_all_heads_equals_mha():
