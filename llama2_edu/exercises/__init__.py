@@ -4,3 +4,6 @@ implementation with the reference on random inputs and explains what is wrong wh
 One module per chapter; each check is re-exported here so notebooks can write
 `from llama2_edu.exercises import check_rmsnorm`.
 """
+from .attention import check_causal_attention, check_gqa_attention, check_repeat_kv
+from .swiglu import check_hidden_dim, check_swiglu
+from .transformer import check_transformer, check_transformer_block
