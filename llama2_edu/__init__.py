@@ -5,7 +5,7 @@
     model = L.Transformer(L.ModelArgs.preset("toy"))
 """
 
-from . import checkpoint, generation, scale
+from . import chat, checkpoint, generation, scale
 from .config import PRESETS, ModelArgs, count_parameters, kv_cache_bytes, weight_bytes
 from .generation import generate, sample_next, top_p_filter
 from .kv_cache import KVCache
@@ -14,5 +14,5 @@ from .model import Attention, FeedForward, RMSNorm, Transformer, TransformerBloc
 __all__ = [
     "PRESETS", "ModelArgs", "count_parameters", "kv_cache_bytes", "weight_bytes",
     "Transformer", "TransformerBlock", "Attention", "FeedForward", "RMSNorm", "KVCache",
-    "generate", "sample_next", "top_p_filter", "checkpoint", "generation",
+    "generate", "sample_next", "top_p_filter", "chat", "checkpoint", "generation",
 ]

@@ -77,13 +77,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_path: str | os.
                     **options) -> Tokenizer:
     """Train a Llama-style BPE model on `texts` (one sentence or line each) and write it to
     `model_path` atomically. Keyword options override LLAMA_TRAINER_OPTIONS."""
-    if vocab_size < 3 + 256:  # unk, bos, eos and the 256 byte-fallback pieces come first
-        raise ValueError(f"vocab_size must be at least 259 with byte fallback, got {vocab_size}")
+    opts = {**LLAMA_TRAINER_OPTIONS, **options}
+    # unk, bos, eos and (with byte fallback) the 256 byte pieces come before any learned piece
+    minimum = 3 + (256 if opts["byte_fallback"] else 0)
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size must be at least {minimum}"
+                         f"{' with byte fallback' if opts['byte_fallback'] else ''}, "
+                         f"got {vocab_size}")
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
         num_threads=1,  # one thread: the same corpus always gives the same model
-        minloglevel=2, **{**LLAMA_TRAINER_OPTIONS, **options})
+        minloglevel=2, **opts)
     path = Path(model_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
