@@ -6,6 +6,7 @@
 """
 
 from . import chat, checkpoint, generation, scale
+from .checkpoint_io import CheckpointError, load_pretrained, load_tokenizer
 from .config import PRESETS, ModelArgs, count_parameters, kv_cache_bytes, weight_bytes
 from .generation import generate, sample_next, top_p_filter
 from .kv_cache import KVCache
@@ -14,5 +15,6 @@ from .model import Attention, FeedForward, RMSNorm, Transformer, TransformerBloc
 __all__ = [
     "PRESETS", "ModelArgs", "count_parameters", "kv_cache_bytes", "weight_bytes",
     "Transformer", "TransformerBlock", "Attention", "FeedForward", "RMSNorm", "KVCache",
+    "load_pretrained", "load_tokenizer", "CheckpointError",
     "generate", "sample_next", "top_p_filter", "chat", "checkpoint", "generation",
 ]
