@@ -7,3 +7,6 @@ One module per chapter; each check is re-exported here so notebooks can write
 from .attention import check_causal_attention, check_gqa_attention, check_repeat_kv
 from .swiglu import check_hidden_dim, check_swiglu
 from .transformer import check_transformer, check_transformer_block
+from .introduction import check_param_count
+from .rmsnorm import check_rmsnorm
+from .rope import check_rope, check_unpermute
