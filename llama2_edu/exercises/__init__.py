@@ -10,3 +10,5 @@ from .transformer import check_transformer, check_transformer_block
 from .introduction import check_param_count
 from .rmsnorm import check_rmsnorm
 from .rope import check_rope, check_unpermute
+from .tokenizer import check_bpe_merge, check_chat_format, check_count_pairs
+from .generation import check_sample_next, check_top_p
