@@ -269,8 +269,8 @@ class ValueModel(nn.Module):
     """V(tokens 0..t) for every position t: a transformer trunk and a linear scalar head.
 
     Build it from the SFT model (`ValueModel(copy.deepcopy(sft))`, head starts at zero) or from
-    a reward model's trunk and head (`ValueModel(trunk, head)`), which starts with a sensible
-    estimate of the final score."""
+    a reward model (`ValueModel.from_reward_model(rm)`), which starts with a sensible estimate
+    of the final score."""
 
     def __init__(self, trunk: Transformer, head: nn.Linear | None = None):
         super().__init__()
@@ -280,9 +280,16 @@ class ValueModel(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.head = head
-        # The trunk's vocabulary projection is never used for values; freeze it so AdamW's
-        # weight decay does not touch it either.
-        trunk.output.weight.requires_grad_(False)
+        # The trunk's vocabulary projection (if it still has one) is never used for values;
+        # freeze it so AdamW's weight decay does not touch it either.
+        for p in trunk.output.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_reward_model(cls, reward_model: nn.Module) -> ValueModel:
+        """A copy of a reward model (`reward.RewardModel`: `.trunk` and a scalar `.head`) read at
+        every position: it starts out predicting roughly the score the answer will get."""
+        return cls(copy.deepcopy(reward_model.trunk), copy.deepcopy(reward_model.head))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(final_hidden(self.trunk, tokens)).squeeze(-1).float()

@@ -128,6 +128,7 @@ def test_clipped_policy_loss_on_a_hand_example():
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     mask = torch.ones(1, 4, dtype=torch.bool)
     loss, clip_frac, ratio = ppo.clipped_policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    torch.testing.assert_close(ratio, torch.tensor([[1.5, 0.5, 1.5, 0.5]]))
     # per token: -min(1.5, 1.2) = -1.2 (clipped); -min(0.5, 0.8) = -0.5;
     #            -min(-1.5, -1.2) = 1.5;          -min(-0.5, -0.8) = 0.8 (clipped)
     torch.testing.assert_close(loss, torch.tensor((-1.2 - 0.5 + 1.5 + 0.8) / 4))
