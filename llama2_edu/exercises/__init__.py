@@ -12,3 +12,4 @@ from .rmsnorm import check_rmsnorm
 from .rope import check_rope, check_unpermute
 from .tokenizer import check_bpe_merge, check_chat_format, check_count_pairs
 from .generation import check_sample_next, check_top_p
+from .rlhf import check_answer_logprob, check_combine_rewards, check_dpo_loss, check_gae, check_ppo_clip_loss
