@@ -80,7 +80,7 @@ class ModelArgs:
 
 PRESETS: dict[str, ModelArgs] = {
     # Small enough to train on a laptop CPU in minutes; GQA on (4 query heads share 2 KV heads).
-    "toy": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=512,
+    "toy": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=1024,
                      multiple_of=32, max_seq_len=256),
     # Tiny shapes for tests: one of each attention kind.
     "tiny-mha": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=16,
