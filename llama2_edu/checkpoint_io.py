@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .checkpoint import (
     args_from_hf_config,
@@ -373,9 +375,28 @@ def _read_json(file: Path) -> dict:
         raise CheckpointError(f"{file}: unreadable JSON: {e}") from None
 
 
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Random initialisation of meta tensors does nothing (there is no data), yet torch runs
+    it through Python reference kernels whose first use imports torch._dynamo, seconds per
+    process. Skip it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in ("normal_", "uniform_", "kaiming_uniform_"):
+            tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes tensor=...
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module on the meta device: shapes only, no memory, no initialisation."""
+    with torch.device("meta"), _SkipInitOnMeta():
+        return build()
+
+
 def _expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = _on_meta(lambda: Transformer(args))
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
@@ -667,8 +688,7 @@ def load_pretrained(path: PathLike, device: torch.device | str = "cpu",
     `model.tokenizer_path` (see `load_tokenizer`)."""
     device = torch.device(device)
     args, sd = load_state_dict(path, device, dtype, max_seq_len)
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = _on_meta(lambda: Transformer(args))
     model.load_state_dict(sd, strict=True, assign=True)
     model.init_rope(device)  # non-persistent buffers are still on "meta" after assign
     tok = Path(path) / "tokenizer.model"
@@ -706,8 +726,7 @@ def load_layer(path: PathLike, layer: int, device: torch.device | str = "cpu",
     names = [n for n in expected if n.startswith(prefix)]
     sd = _materialize(plan, names, opened_meta, opened_pt, torch.device(device), dtype,
                       expected)
-    with torch.device("meta"):
-        block = TransformerBlock(args, layer)
+    block = _on_meta(lambda: TransformerBlock(args, layer))
     block.load_state_dict({n[len(prefix):]: t for n, t in sd.items()}, strict=True, assign=True)
     block.args = args
     return block.eval()

@@ -41,6 +41,10 @@ def precompute_rope(head_dim: int, max_seq_len: int, theta: float = 10000.0,
 
     Pair i of a head turns by angle  pos * theta^(-2i / head_dim):  fast-turning pairs
     resolve nearby positions, slow ones far positions."""
+    if device is not None and torch.device(device).type == "meta":
+        # Shapes only (a model built on the meta device before loading weights): the math
+        # on meta tensors runs through torch's Python reference kernels, seconds to import.
+        return torch.empty(max_seq_len, head_dim // 2, dtype=torch.complex64, device=device)
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = torch.outer(torch.arange(max_seq_len, device=device).float(), freqs)
     return torch.polar(torch.ones_like(angles), angles)
