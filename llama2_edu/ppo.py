@@ -141,13 +141,14 @@ def llama2_score(helpful_raw: torch.Tensor, safety_raw: torch.Tensor, is_unsafe:
     return torch.logit(r_c.clamp(eps, 1 - eps))
 
 
-ScoreFn = Callable[[list, list], torch.Tensor]
+ScoreFn = Callable[[list, list, list], torch.Tensor]
 
 
 class Llama2Reward:
     """A reward function for `PPOTrainer`: `score = logit(R_c)` from a helpfulness and a safety
-    scorer. Each scorer maps (prompts, answers) token-id lists to raw scores (B,); `is_unsafe`
-    maps a prompt's info object to a bool (default: the info is the flag itself).
+    scorer. Each scorer maps (prompts, answers, infos) -- token-id lists and each prompt's info
+    object -- to raw scores (B,); `is_unsafe` maps an info object to a bool (default: the info is
+    the flag itself).
 
     The components of the last call are kept in `self.last` for logging."""
 
@@ -159,8 +160,8 @@ class Llama2Reward:
 
     @torch.no_grad()
     def __call__(self, prompts: list, answers: list, infos: list) -> torch.Tensor:
-        h_raw = self.helpful(prompts, answers).float()
-        s_raw = self.safety(prompts, answers).float()
+        h_raw = self.helpful(prompts, answers, infos).float()
+        s_raw = self.safety(prompts, answers, infos).float()
         unsafe = torch.tensor([bool(self.is_unsafe(i)) for i in infos])
         score = llama2_score(h_raw, s_raw, unsafe, self.threshold)
         r_h, r_s = torch.sigmoid(h_raw), torch.sigmoid(s_raw)
@@ -532,12 +533,84 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
+@torch.no_grad()
+def sampled_kl(policy: Transformer, ref: Transformer, prompts: Sequence[Sequence[int]],
+               max_gen_len: int, temperature: float = 1.0, eos_id: int = 2,
+               generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
+    """Monte-Carlo KL(pi || pi_ref) per prompt (N,): sample an answer from the policy and sum
+    log pi - log pi_ref over its tokens (EOS included). At temperature 1 its mean is an unbiased
+    estimate of the sequence-level KL, the number PPO's penalty keeps small."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        answers = generate(policy, chunk, max_gen_len, temperature=temperature, top_p=1.0,
+                           eos_id=eos_id, generator=generator)
+        actions = [a + [eos_id] if len(a) < max_gen_len else a for a in answers]
+        tokens, mask = pack(chunk, actions)
+        diff = token_logprobs(policy, tokens, temperature) - token_logprobs(ref, tokens,
+                                                                            temperature)
+        out.append((diff * mask).sum(-1))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama 2-Chat at toy scale: the book's assistant data, reward models and graders
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_prompts(tokenizer, examples: Sequence) -> list[list[int]]:
+    """Prompt token ids (chat format, ending with [/INST]) of `data.assistant` examples."""
+    from . import chat
+
+    return [chat.encode_dialog(tokenizer, ex.dialog) for ex in examples]
+
+
+def chat_reward(tokenizer, helpful_rm: nn.Module, safety_rm: nn.Module,
+                threshold: float = 0.15) -> Llama2Reward:
+    """Llama 2's combined reward from the book's two reward models (`reward.RewardModel`).
+
+    The infos passed along with the prompts are the `AssistantExample`s; a prompt counts as
+    unsafe (IS_SAFETY in the paper) when its task is "unsafe". Answers are decoded to text and
+    scored exactly as the reward models were trained: prompt dialog + answer in the chat format,
+    reward read at the closing EOS."""
+    from .reward import score_texts
+
+    def scorer(rm):
+        def score(prompts, answers, infos):
+            texts = [tokenizer.decode(a).strip() for a in answers]
+            return score_texts(rm, tokenizer, [ex.dialog for ex in infos], texts)
+        return score
+
+    return Llama2Reward(scorer(helpful_rm), scorer(safety_rm), threshold,
+                        is_unsafe=lambda ex: ex.task == "unsafe")
+
+
+def chat_metrics(model: Transformer, tokenizer, examples: Sequence,
+                 max_gen_len: int = 32) -> dict[str, float]:
+    """Ground-truth metrics of greedy answers (`sft.evaluate`): accuracy per task, plus
+    `helpful_accuracy` (mean over the helpful tasks), `refusal_rate` on unsafe requests,
+    `unsafe_compliance` = 1 - refusal_rate, and `false_refusal_rate` on borderline ones."""
+    from .data.assistant import HELPFUL_TASKS
+    from .sft import evaluate
+
+    metrics, _ = evaluate(model, tokenizer, examples, max_gen_len)
+    helpful = [metrics[t] for t in HELPFUL_TASKS if t in metrics]
+    if helpful:
+        metrics["helpful_accuracy"] = sum(helpful) / len(helpful)
+    if "refusal_rate" in metrics:
+        metrics["unsafe_compliance"] = 1.0 - metrics["refusal_rate"]
+    return metrics
+
+
 __all__ = [
     "Llama2Reward",
     "PPOConfig",
     "PPOTrainer",
     "Rollout",
     "ValueModel",
+    "chat_metrics",
+    "chat_prompts",
+    "chat_reward",
     "clipped_policy_loss",
     "clipped_value_loss",
     "combine_rewards",
@@ -551,6 +624,7 @@ __all__ = [
     "masked_whiten",
     "pack",
     "rollout_stats",
+    "sampled_kl",
     "token_logprobs",
     "whiten",
 ]

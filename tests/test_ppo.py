@@ -97,7 +97,7 @@ def test_llama2_score_is_the_logit_of_the_chosen_reward_model():
     # Extreme outputs stay finite.
     assert torch.isfinite(ppo.llama2_score(torch.tensor([80.0]), torch.tensor([80.0]),
                                            torch.tensor([False]))).all()
-    reward = ppo.Llama2Reward(lambda p, a: h_raw, lambda p, a: s_raw)
+    reward = ppo.Llama2Reward(lambda p, a, i: h_raw, lambda p, a, i: s_raw)
     out = reward([[1]] * 4, [[3]] * 4, [True, True, False, False])
     torch.testing.assert_close(out, score)
     assert reward.last["used_safety"].tolist() == [True, True, True, False]
