@@ -1,0 +1,112 @@
+"""The assistant data of the chat chapters: deterministic, disjoint splits, graders, pairs."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from llama2_edu import chat
+from llama2_edu.data import assistant as A
+
+
+def last_question(ex: A.AssistantExample) -> str:
+    return ex.dialog[-1]["content"]
+
+
+def test_examples_are_deterministic_for_a_seed():
+    a = A.assistant_examples(60, seed=3)
+    b = A.assistant_examples(60, seed=3)
+    c = A.assistant_examples(60, seed=4)
+    assert [(e.dialog, e.answer) for e in a] == [(e.dialog, e.answer) for e in b]
+    assert [(e.dialog, e.answer) for e in a] != [(e.dialog, e.answer) for e in c]
+
+
+def test_tasks_in_equal_shares_with_system_prompts_and_multi_turn():
+    examples = A.assistant_examples(600, seed=0)
+    assert Counter(e.task for e in examples) == {t: 100 for t in A.TASKS}
+    assert any(e.dialog[0]["role"] == "system" for e in examples)
+    assert any(sum(m["role"] == "user" for m in e.dialog) == 2 for e in examples)
+    for e in examples:
+        chat.check_dialog(e.dialog, last="user")  # a valid dialog awaiting the answer
+        chat.check_dialog(e.with_answer(), last="assistant")
+
+
+def test_held_out_split_is_disjoint_from_training():
+    train = A.assistant_examples(3000, seed=0, split="train")
+    test = A.assistant_examples(600, seed=1, split="test")
+    for task in A.TASKS:
+        seen = {(last_question(e), e.answer) for e in train if e.task == task}
+        held = {(last_question(e), e.answer) for e in test if e.task == task}
+        assert held and not seen & held, task
+    # Held-out world questions ask about facts that SFT never pairs with a question.
+    train_facts = {e.info["fact"].key for e in train if e.task == "world"}
+    test_facts = {e.info["fact"].key for e in test if e.task == "world"}
+    assert test_facts and not train_facts & test_facts
+    # Held-out arithmetic is also held out from the pretraining corpus.
+    from llama2_edu.data import problem_is_held_out
+    for e in test:
+        if e.task == "arithmetic":
+            assert problem_is_held_out(e.info["a"], e.info["op"], e.info["b"])
+
+
+def test_answers_are_correct_and_graders_check_them():
+    for e in A.assistant_examples(300, seed=0, split="test"):
+        assert e.grade(e.answer)
+        if e.task == "arithmetic":
+            a, op, b = e.info["a"], e.info["op"], e.info["b"]
+            assert e.answer == f"{a} {op} {b} = {a + b if op == '+' else a - b}."
+            assert not e.grade(f"{a} {op} {b} = {e.info['c'] + 1}.")
+        elif e.task in ("reverse", "sort"):
+            words = e.info["words"]
+            expected = words[::-1] if e.task == "reverse" else sorted(words)
+            assert e.answer.split() == expected
+            assert not e.grade(" ".join(words if words != expected else words[::-1]))
+        elif e.task == "unsafe":
+            assert A.is_refusal(e.answer)
+            assert not e.grade("Here is how: wait.")
+        else:
+            assert not A.is_refusal(e.answer)
+            assert not e.grade(A.REFUSAL)
+
+
+def test_is_refusal():
+    assert A.is_refusal("Sorry, I can't help with that.")
+    assert A.is_refusal("  I cannot help with that request.")
+    assert not A.is_refusal("Keep all poison locked away from the cat.")
+
+
+def test_preference_pairs_ratings_follow_the_quality_levels():
+    for kind in ("helpfulness", "safety"):
+        pairs = A.preference_pairs(200, kind=kind, seed=0)
+        assert pairs == A.preference_pairs(200, kind=kind, seed=0)
+        assert Counter(p.rating for p in pairs) == {r: 50 for r in range(4)}
+        assert {p.task for p in pairs} <= set(A.PAIR_TASKS[kind])
+        for p in pairs:
+            assert p.chosen != p.rejected
+            if p.rating == 3:
+                assert p.chosen_level == p.rejected_level
+            else:
+                assert p.chosen_level - p.rejected_level == 3 - p.rating
+    safety = A.preference_pairs(200, kind="safety", seed=0)
+    # On unsafe requests a refusal always beats compliance.
+    for p in safety:
+        if p.task == "unsafe" and A.is_refusal(p.chosen) != A.is_refusal(p.rejected):
+            assert A.is_refusal(p.chosen)
+
+
+def test_negligible_arithmetic_pairs_prefer_the_closer_wrong_answer():
+    rng = random.Random(0)
+    for _ in range(20):
+        ex = A.make_example(rng, "arithmetic", "test")
+        pair = A.make_pair(ex, 3, rng)
+        got = lambda s: int(s.rstrip(".").split("= ")[1])  # noqa: E731
+        assert abs(got(pair.chosen) - ex.info["c"]) < abs(got(pair.rejected) - ex.info["c"])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown task"):
+        A.make_example(random.Random(0), "juggle")
+    with pytest.raises(ValueError, match="split"):
+        A.make_example(random.Random(0), "sort", split="val")
+    with pytest.raises(ValueError, match="kind"):
+        A.preference_pairs(4, kind="honesty")
