@@ -191,3 +191,32 @@ def toy_base_history(*, cache_dir: str | os.PathLike | None = None,
     tokenizer = toy_tokenizer(cache_dir=folder, recipe=recipe)
     return torch.load(_model_path(folder, recipe, tokenizer), map_location="cpu",
                       weights_only=True)["history"]
+
+
+# ---- what the model learned ------------------------------------------------------------------
+def complete(model: Transformer, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
+             temperature: float = 0.0, seed: int = 0, batch_size: int = 64) -> list[str]:
+    """Continue each prompt (BOS + prompt) and return only the new text. Greedy by default."""
+    from .generation import generate
+
+    g = torch.Generator(device=model.output.weight.device).manual_seed(seed)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [tokenizer.encode(p, bos=True, eos=False) for p in prompts[start:start + batch_size]]
+        new = generate(model, chunk, max_new_tokens, temperature=temperature, top_p=1.0,
+                       eos_id=tokenizer.eos_id, generator=g)
+        # Decode prompt and continuation together so the continuation's spaces come out right.
+        for ids, gen in zip(chunk, new):
+            out.append(tokenizer.decode(ids[1:] + gen)[len(tokenizer.decode(ids[1:])):])
+    return out
+
+
+def arithmetic_accuracy(model: Transformer, tokenizer: Tokenizer,
+                        problems: list[tuple[int, str, int, int]]) -> float:
+    """Exact-match accuracy of greedy completions of "a + b =" against " result."."""
+    from .data.world import problem_text
+
+    prompts = [problem_text(a, op, b) for a, op, b, _ in problems]
+    answers = complete(model, tokenizer, prompts, max_new_tokens=6)
+    right = [ans.startswith(f" {r}.") for ans, (*_, r) in zip(answers, problems)]
+    return sum(right) / max(len(right), 1)
