@@ -216,3 +216,15 @@ def test_ppo_increases_a_simple_reward():
         log = trainer.iteration(prompts)
     assert log["reward"] > start + 0.3, (start, log["reward"])
     assert math.isfinite(log["value_loss"]) and 0 <= log["clip_frac"] <= 1
+
+
+def test_sampled_kl_is_zero_for_the_reference_and_positive_after_a_change():
+    policy = _tiny()
+    ref = ppo.frozen_copy(policy)
+    prompts = [[1, 5], [1, 6, 7], [1, 9]]
+    gen = torch.Generator().manual_seed(0)
+    assert ppo.sampled_kl(policy, ref, prompts, 6, generator=gen).abs().max().item() == 0.0
+    with torch.no_grad():
+        policy.output.weight.mul_(3.0)  # sharper distributions: a different policy
+    kl = ppo.sampled_kl(policy, ref, prompts * 20, 6, generator=gen)
+    assert kl.shape == (60,) and kl.mean() > 0
