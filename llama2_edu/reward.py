@@ -275,26 +275,46 @@ def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"]
     return encode_pairs(tokenizer, preference_pairs(n, kind=kind, seed=seed, split=split))
 
 
+def reward_cache_path(sft: Transformer, kind: str,
+                      cache_dir: str | os.PathLike | None = None) -> Path:
+    from .pretrained import default_cache_dir
+    from .sft import recipe_key
+
+    root = Path(cache_dir) if cache_dir is not None else Path(default_cache_dir())
+    return root / f"rm-{kind}-{recipe_key({**REWARD_RECIPE, 'kind': kind}, sft)}.pt"
+
+
+def train_toy_reward_model(sft: Transformer, tokenizer, kind: str, *,
+                           cache_dir: str | os.PathLike | None = None,
+                           data: EncodedPairs | None = None) -> tuple[RewardModel, list[float]]:
+    """Train the `kind` reward model from `sft` by `REWARD_RECIPE`, always, write it to the
+    cache `toy_reward_model()` reads, and return (model, step losses)."""
+    if kind not in ("helpfulness", "safety"):
+        raise ValueError(f"kind must be 'helpfulness' or 'safety', got {kind!r}")
+    model = RewardModel.from_model(sft)
+    config = RewardConfig(**REWARD_RECIPE["config"])
+    data = data if data is not None else reward_training_data(tokenizer, kind)
+    torch.manual_seed(config.seed)
+    losses = train_reward_model(model, data, config)
+    atomic_save({"model": model.state_dict(), "losses": losses},
+                reward_cache_path(sft, kind, cache_dir))
+    return model, losses
+
+
 def toy_reward_model(kind: str = "helpfulness", *, cache_dir: str | os.PathLike | None = None,
                      retrain: bool = False) -> tuple[RewardModel, object]:
     """(reward model, tokenizer): the helpfulness or safety reward model, initialised from
     `sft.sft_model()` and trained with `REWARD_RECIPE` (small margins), or loaded from the
     cache."""
-    from .pretrained import default_cache_dir
-    from .sft import recipe_key, sft_model
+    from .sft import sft_model
 
     if kind not in ("helpfulness", "safety"):
         raise ValueError(f"kind must be 'helpfulness' or 'safety', got {kind!r}")
     sft, tokenizer = sft_model(cache_dir=cache_dir)
-    key = recipe_key({**REWARD_RECIPE, "kind": kind}, sft)
-    root = Path(cache_dir) if cache_dir is not None else Path(default_cache_dir())
-    path = root / f"rm-{kind}-{key}.pt"
-    model = RewardModel.from_model(sft)
+    path = reward_cache_path(sft, kind, cache_dir)
     if path.exists() and not retrain:
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        model = RewardModel.from_model(sft)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
         return model.eval(), tokenizer
-    torch.manual_seed(REWARD_RECIPE["config"]["seed"])
-    config = RewardConfig(**REWARD_RECIPE["config"])
-    train_reward_model(model, reward_training_data(tokenizer, kind), config)
-    atomic_save(model.state_dict(), path)
-    return model.eval(), tokenizer
+    model, _ = train_toy_reward_model(sft, tokenizer, kind, cache_dir=cache_dir)
+    return model, tokenizer

@@ -23,6 +23,7 @@ start from the same SFT model without retraining it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -253,30 +254,47 @@ def recipe_key(recipe: dict, base: torch.nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sft_training_data(tokenizer, n_train: int = SFT_RECIPE["n_train"],
-                      seed: int = SFT_RECIPE["data_seed"],
-                      seq_len: int = SFTConfig().seq_len) -> tuple[torch.Tensor, torch.Tensor]:
-    """The packed (inputs, labels) the cached SFT model is trained on."""
+def sft_training_data(tokenizer, recipe: dict | None = None, split: str = "train"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed (inputs, labels) the cached SFT model is trained on ("train"), or the same
+    amount / 5 of held-out dialogs ("test") for a validation loss."""
     from .data.assistant import assistant_examples
 
-    examples = assistant_examples(n_train, seed=seed, split="train")
-    return pack((tokenize_dialog(tokenizer, ex.with_answer()) for ex in examples), seq_len)
+    recipe = recipe or SFT_RECIPE
+    n = recipe["n_train"] if split == "train" else recipe["n_train"] // 5
+    examples = assistant_examples(n, seed=recipe["data_seed"], split=split)
+    seqs = (tokenize_dialog(tokenizer, ex.with_answer()) for ex in examples)
+    return pack(seqs, recipe["config"]["seq_len"])
+
+
+def train_sft_model(base: Transformer, tokenizer, *, cache_dir: str | os.PathLike | None = None,
+                    eval_every: int = 0, progress: bool = False
+                    ) -> tuple[Transformer, dict[str, list]]:
+    """Fine-tune (a copy of) `base` by `SFT_RECIPE`, always, write it to the cache that
+    `sft_model()` reads, and return (model, history). The SFT chapter calls this to watch the
+    loss; `eval_every` > 0 adds the held-out answer loss to the history that often."""
+    path = sft_cache_path(base, cache_dir)
+    model = copy.deepcopy(base)
+    config = SFTConfig(**SFT_RECIPE["config"])
+    inputs, labels = sft_training_data(tokenizer)
+    val = sft_training_data(tokenizer, split="test")
+    history = finetune(model, inputs, labels, config, val=val, eval_every=eval_every,
+                       progress=progress)
+    atomic_save({"model": model.state_dict(), "history": history}, path)
+    return model.eval(), history
 
 
 def sft_model(*, cache_dir: str | os.PathLike | None = None, retrain: bool = False,
               progress: bool = False) -> tuple[Transformer, object]:
     """(SFT model, tokenizer): `toy_base_model()` fine-tuned with `SFT_RECIPE`, deterministic.
-    Loaded from the cache when a model with the same recipe and base weights is there."""
+    Loaded from the cache when a model with the same recipe and base weights is there, else
+    trained now (about a minute on 2 CPU cores)."""
     from .pretrained import toy_base_model
 
     base, tokenizer = toy_base_model(cache_dir=cache_dir, progress=progress)
     path = sft_cache_path(base, cache_dir)
     if path.exists() and not retrain:
-        base.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        base.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
         return base.eval(), tokenizer
-    torch.manual_seed(SFT_RECIPE["config"]["seed"])
-    config = SFTConfig(**SFT_RECIPE["config"])
-    inputs, labels = sft_training_data(tokenizer, seq_len=config.seq_len)
-    finetune(base, inputs, labels, config, progress=progress)
-    atomic_save(base.state_dict(), path)
-    return base.eval(), tokenizer
+    model, _ = train_sft_model(base, tokenizer, cache_dir=cache_dir, progress=progress)
+    return model, tokenizer

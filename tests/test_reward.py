@@ -101,3 +101,17 @@ def test_training_separates_chosen_from_rejected(tok):
                        R.margins_for(data.ratings[:16], "small")).item(), abs=0.5)
     r_c, r_r = R.score_all(rm, data)
     assert R.pair_accuracy(r_c, r_r, data.ratings)["overall"] > 0.7
+
+
+def test_exercise_checks_pass_the_reference_and_catch_mistakes():
+    import torch.nn.functional as F
+
+    from llama2_edu.exercises import check_last_token_reward, check_ranking_loss
+    from llama2_edu.exercises._harness import ExerciseFailed
+
+    assert check_ranking_loss(R.ranking_loss)
+    assert check_last_token_reward(R.reward_at_last_token)
+    with pytest.raises(ExerciseFailed, match="subtracted"):
+        check_ranking_loss(lambda c, r, m: -F.logsigmoid(c - r + m).mean())
+    with pytest.raises(ExerciseFailed, match="right-padded"):
+        check_last_token_reward(lambda s, n: s[:, -1])

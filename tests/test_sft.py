@@ -128,3 +128,16 @@ def test_respond_is_greedy_and_checks_length(tok):
 def test_sft_dialog_must_end_with_an_answer(tok):
     with pytest.raises(ValueError, match="assistant"):
         sft.tokenize_dialog(tok, DIALOG[:-1])
+
+
+def test_exercise_checks_pass_the_reference_and_catch_mistakes():
+    from llama2_edu.exercises import check_pack, check_sft_labels
+    from llama2_edu.exercises._harness import ExerciseFailed
+
+    assert check_sft_labels(lambda ids, flags: sft.shift_labels(ids, flags)[1])
+    assert check_pack(sft.pack)
+    with pytest.raises(ExerciseFailed, match="NEXT token"):
+        check_sft_labels(lambda ids, flags: [t if f else IGNORE for t, f in
+                                             zip(ids[:-1], flags[:-1])])
+    with pytest.raises(ExerciseFailed, match="not implemented"):
+        check_pack(lambda seqs, n: (_ for _ in ()).throw(NotImplementedError("exercise")))

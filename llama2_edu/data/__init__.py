@@ -6,6 +6,7 @@ from .world import (EXTRA_TOKENIZER_TEXT, World, generate_documents, held_out_pr
                     make_world, problem_is_held_out, problem_text)
 
 # Instruction data for the chat chapters lives in its own module (added by issue 6).
+from . import assistant  # noqa: E402,F401  instructions, refusals, preference pairs
 
 __all__ = [
     "IGNORE_INDEX", "Batches", "encode_documents", "pack",
