@@ -36,7 +36,7 @@ CHAT_TAGS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
 
 TOY_RECIPE: dict = {
     "version": RECIPE_VERSION,
-    "corpus": {"world_seed": 0, "seed": 0, "n_train_docs": 20000, "n_val_docs": 1000},
+    "corpus": {"world_seed": 0, "seed": 0, "n_train_docs": 20000, "n_val_docs": 500},
     # Deviation from Meta: the chat tags are single pieces (Meta's tokenizer splits them).
     "tokenizer": {"vocab_size": 1024, "user_defined_symbols": CHAT_TAGS},
     "model": ModelArgs.preset("toy").to_dict(),

@@ -193,7 +193,7 @@ def train(model: nn.Module, train_data, val_data=None, config: TrainConfig = Tra
 
     History: per step "step", "loss" (mean over target tokens), "lr", "tokens" (tokens seen so
     far); per evaluation "val_step", "val_tokens", "val_loss"."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in notebooks
 
     device = _device(model)
     optimizer = make_optimizer(model, config)

@@ -110,3 +110,12 @@ def test_sequential_covers_rows_in_order_without_moving():
     assert [x[:, 0].tolist() for x, _ in b.sequential()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert b.position == 0
     assert len(list(b.sequential(max_batches=2))) == 2
+
+
+def test_both_splits_keep_the_same_mix_of_documents():
+    def arithmetic_share(docs):
+        return sum(d[0].isdigit() for d in docs) / len(docs)
+
+    train, val = generate_documents(1000, "train"), generate_documents(1000, "val")
+    assert abs(arithmetic_share(train) - 0.25) < 0.05
+    assert abs(arithmetic_share(val) - 0.25) < 0.05
