@@ -7,28 +7,28 @@
 The notebooks run in a fresh kernel with `notebooks/` as the working directory, exactly as in
 JupyterLab; the notebooks themselves are not modified (their committed outputs stay as they
 are). Figures are PNGs written by `llama2_edu.plotting.save`, byte-identical from run to run,
-so `git status` afterwards shows only figures that really changed.
+so `git status` afterwards shows only figures that really changed. Each notebook writes into a
+fresh folder of its own (through $LLAMA2_EDU_FIGURES), so the list says exactly which notebook
+wrote which figure, even while something else writes to figures/ at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from ..plotting import figures_dir
+from ..plotting import FIGURES_ENV, figures_dir
 from .student import NOTEBOOK
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _snapshot(folder: Path) -> dict[Path, int]:
-    if not folder.is_dir():
-        return {}
-    return {p: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
 
 
 def run_notebook(path: Path, timeout: int = 1200) -> None:
@@ -58,24 +58,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     folder = figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     failed: list[str] = []
+    previous = os.environ.get(FIGURES_ENV)
     for path in notebooks:
-        before = _snapshot(folder)
         start = time.perf_counter()
-        try:
-            run_notebook(path, timeout=args.timeout)
-        except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
-            # report every broken notebook, not only the first
-            failed.append(path.name)
-            print(f"{path.name}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-            continue
-        after = _snapshot(folder)
-        new = sorted(p for p, mtime in after.items() if before.get(p) != mtime)
-        written += new
-        print(f"{path.name}: {len(new)} figure(s) in {time.perf_counter() - start:.0f} s")
-        for p in new:
-            print(f"  {p.relative_to(folder.parent) if folder.parent in p.parents else p}")
+        with tempfile.TemporaryDirectory(prefix="figures-") as scratch:
+            os.environ[FIGURES_ENV] = scratch  # the kernel inherits it: plotting.save writes here
+            try:
+                run_notebook(path, timeout=args.timeout)
+            except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
+                # report every broken notebook, not only the first
+                failed.append(path.name)
+                print(f"{path.name}: FAILED ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200]})")
+                continue
+            finally:
+                if previous is None:
+                    os.environ.pop(FIGURES_ENV, None)
+                else:
+                    os.environ[FIGURES_ENV] = previous
+            new = sorted(Path(scratch).iterdir())
+            print(f"{path.name}: {len(new)} figure(s) in {time.perf_counter() - start:.0f} s")
+            for figure in new:
+                target = folder / figure.name
+                state = ("unchanged" if target.exists() and filecmp.cmp(figure, target, shallow=False)
+                         else "updated" if target.exists() else "new")
+                if state != "unchanged":  # leave identical files alone, mtime included
+                    shutil.copyfile(figure, target)
+                written.append(target)
+                print(f"  {folder.name}/{figure.name}  ({state})")
     print(f"{len(written)} figure file(s) written to {folder}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
