@@ -31,18 +31,22 @@ class TextStream:
     decoding everything so far and printing what is new (held back while a character is
     incomplete)."""
 
-    def __init__(self, tokenizer, write: Callable[[str], object] = sys.stdout.write):
-        self.tokenizer, self.write = tokenizer, write
+    def __init__(self, tokenizer, write: Callable[[str], object] | None = None,
+                 prefix: list[int] | None = None):
+        self.tokenizer = tokenizer
+        self.write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        # Decoding continues the prefix (e.g. the prompt), so that the space which starts the
+        # first new word is kept: SentencePiece drops a leading space when decoding alone.
+        self.prefix = list(prefix or [])
         self.ids: list[int] = []
-        self.shown = ""
+        self.shown = tokenizer.decode(self.prefix)
 
     def __call__(self, row: int, token: int) -> None:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = self.tokenizer.decode(self.prefix + self.ids)
         if text.endswith("\ufffd"):  # an unfinished multi-byte character
             return
         self.write(text[len(self.shown):])
-        sys.stdout.flush()
         self.shown = text
 
     def text(self) -> str:
@@ -89,8 +93,9 @@ def _load(opts):
     return model, tokenizer, generator
 
 
-def _sample(model, tokenizer, generator, ids: list[int], opts) -> str:
-    stream = TextStream(tokenizer)
+def _sample(model, tokenizer, generator, ids: list[int], opts,
+            prefix: list[int] | None = None) -> str:
+    stream = TextStream(tokenizer, prefix=prefix)
     budget = min(opts.max_gen_len, model.args.max_seq_len - len(ids))
     if budget < 1:
         raise ValueError(f"the prompt has {len(ids)} tokens, the model's context is "
@@ -104,8 +109,8 @@ def _sample(model, tokenizer, generator, ids: list[int], opts) -> str:
 def run_generate(opts) -> None:
     model, tokenizer, generator = _load(opts)
     ids = tokenizer.encode(opts.prompt, bos=True, eos=False)
-    sys.stdout.write(opts.prompt)
-    _sample(model, tokenizer, generator, ids, opts)
+    sys.stdout.write(tokenizer.decode(ids))
+    _sample(model, tokenizer, generator, ids, opts, prefix=ids)
 
 
 def run_chat(opts) -> None:

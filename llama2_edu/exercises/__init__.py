@@ -15,3 +15,4 @@ from .generation import check_sample_next, check_top_p
 from .rlhf import check_answer_logprob, check_combine_rewards, check_dpo_loss, check_gae, check_ppo_clip_loss
 from .pretraining import check_decay_groups, check_lr_schedule, check_pack_documents
 from .alignment import check_last_token_reward, check_pack, check_ranking_loss, check_sft_labels
+from .checkpoints import check_hf_names, check_merge_shards
