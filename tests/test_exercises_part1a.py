@@ -108,3 +108,25 @@ def test_unpermute_passes_on_the_library_and_names_the_mistakes():
     fails_with(check_unpermute, permute_for_hf, "inverse")
     fails_with(check_unpermute, lambda w, n: unpermute_from_hf(w, 1), "within each head")
     fails_with(check_unpermute, lambda w, n: w.clone(), "rows must move")
+
+
+def test_weight_gib_passes_and_names_units():
+    from llama2_edu.exercises import check_weight_gib
+
+    check_weight_gib(lambda args, nbytes: L.weight_bytes(args, torch.float32) / 4 * nbytes / 2**30)
+    fails_with(check_weight_gib, lambda a, n: L.count_parameters(a) * n / 1e9, "that is GB")
+    fails_with(check_weight_gib, lambda a, n: L.count_parameters(a) * n, "that is bytes")
+    fails_with(check_weight_gib, lambda a, n: L.count_parameters(a) / 2**30, "bytes per parameter")
+
+
+def test_layernorm_passes_and_names_the_mistakes():
+    from llama2_edu.exercises import check_layernorm
+
+    def ln(x, w, b, eps, unbiased=False):
+        mu = x.mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(x.var(-1, unbiased=unbiased, keepdim=True) + eps) * w + b
+
+    check_layernorm(ln)
+    fails_with(check_layernorm, lambda x, w, b, eps: ln(x, w, b, eps, unbiased=True), "biased")
+    fails_with(check_layernorm, lambda x, w, b, eps: rms_fp32(x, w, eps) + b, "RMSNorm")
+    fails_with(check_layernorm, lambda x, w, b, eps: ln(x, w, b, eps) - b, "bias")

@@ -7,8 +7,8 @@ One module per chapter; each check is re-exported here so notebooks can write
 from .attention import check_causal_attention, check_gqa_attention, check_repeat_kv
 from .swiglu import check_hidden_dim, check_swiglu
 from .transformer import check_transformer, check_transformer_block
-from .introduction import check_param_count
-from .rmsnorm import check_rmsnorm
+from .introduction import check_param_count, check_weight_gib
+from .rmsnorm import check_layernorm, check_rmsnorm
 from .rope import check_rope, check_unpermute
 from .tokenizer import check_bpe_merge, check_chat_format, check_count_pairs
 from .generation import check_sample_next, check_top_p

@@ -55,3 +55,30 @@ def check_param_count(fn: Callable[[ModelArgs], int]) -> bool:
         hints = [hint for piece, hint in _MISTAKES.items() if _count(args, **{piece: False}) == as_int]
         raise ExerciseFailed(message + (f". Hint: {hints[0]}" if hints else ""))
     return passed(exercise, f"{len(_PRESETS)} presets, toy to llama2-70b")
+
+
+def check_weight_gib(fn: Callable[[ModelArgs, int], float]) -> bool:
+    """`fn(args, bytes_per_parameter)` returns the memory of the weights in GiB (2**30 bytes)."""
+    exercise = "weight memory"
+    for name in ("llama2-7b", "llama2-13b", "llama2-70b", "toy"):
+        args = PRESETS[name]
+        for nbytes in (4, 2):
+            got = call_learner(fn, args, nbytes, exercise=exercise)
+            expected = count_parameters(args) * nbytes / 2**30
+            try:
+                got = float(got)
+            except (TypeError, ValueError):
+                raise ExerciseFailed(f"{exercise}: expected a number, got "
+                                     f"{type(got).__name__}") from None
+            if abs(got - expected) <= 1e-6 * expected:
+                continue
+            message = (f"{exercise}: {name} at {nbytes} bytes per parameter: you say "
+                       f"{got:.4g} GiB, it is {expected:.4g} GiB")
+            if abs(got - expected * 2**30 / 1e9) <= 1e-6 * expected * 2:
+                message += ". Hint: that is GB (10^9 bytes); a GiB is 2^30 = 1,073,741,824 bytes"
+            elif abs(got - expected * 2**30) <= 1e-6 * expected * 2**30:
+                message += ". Hint: that is bytes; divide by 2**30 for GiB"
+            elif abs(got - count_parameters(args) / 2**30) <= 1e-6 * expected:
+                message += ". Hint: multiply the parameter count by the bytes per parameter"
+            raise ExerciseFailed(message)
+    return passed(exercise, "fp32 and bf16, toy to llama2-70b")

@@ -97,3 +97,40 @@ def check_rmsnorm(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor
             "the fp32 result gives (<= 1.5). Hint: compute in fp32 inside (x.float()), convert "
             "back with .type_as(x) at the end")
     return passed(EXERCISE, "fp32 and bf16 inputs, eps placement, any leading shape")
+
+
+def check_layernorm(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float],
+                                 torch.Tensor]) -> bool:
+    """`fn(x, weight, bias, eps)` is LayerNorm over the last dimension, as
+    `torch.nn.functional.layer_norm` computes it."""
+    exercise = "LayerNorm"
+    gen = torch.Generator().manual_seed(1)
+    for shape, scale, offset, eps in [((2, 5, 32), 2.0, 1.5, 1e-5), ((3, 6), 0.05, 0.0, 1e-2)]:
+        x = torch.randn(shape, generator=gen) * scale + offset
+        weight = torch.rand(shape[-1], generator=gen) + 0.5
+        bias = torch.randn(shape[-1], generator=gen)
+        mu = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=False, keepdim=True)
+        wrong = {
+            "LayerNorm divides by the *biased* variance (mean of squared deviations, divided by "
+            "d, not d - 1): unbiased=False": (x - mu) / torch.sqrt(x.var(-1, keepdim=True) + eps)
+            * weight + bias,
+            "eps belongs inside the square root: (x - mean) / sqrt(var + eps)":
+                (x - mu) / (var.sqrt() + eps) * weight + bias,
+            "subtract the mean first: without it this is RMSNorm (plus a bias)":
+                x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight + bias,
+            "the statistics are over the last dimension (each token's features), keepdim=True":
+                (x - x.mean(0, keepdim=True)) / torch.sqrt(x.var(0, unbiased=False, keepdim=True)
+                                                           + eps) * weight + bias,
+            "add the bias after multiplying by the weight": (x - mu) / torch.sqrt(var + eps) * weight,
+            "multiply by the weight": (x - mu) / torch.sqrt(var + eps) + bias,
+        }
+
+        def diagnose(got, wrong=wrong):
+            return next((hint for hint, w in wrong.items()
+                         if torch.allclose(got, w, rtol=1e-4, atol=1e-5)), None)
+
+        got = call_learner(fn, x.clone(), weight.clone(), bias.clone(), eps, exercise=exercise)
+        expected = torch.nn.functional.layer_norm(x, (shape[-1],), weight, bias, eps)
+        compare(got, expected, exercise=exercise, rtol=1e-4, atol=1e-5, diagnose=diagnose)
+    return passed(exercise, "matches torch.nn.functional.layer_norm")
