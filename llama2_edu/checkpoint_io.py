@@ -476,8 +476,7 @@ def _plan_meta(folder: Path, max_seq_len: int | None,
             if dim is not None:
                 offset += want[dim]
         plan.pieces[name] = pieces
-    tok = folder / "tokenizer.model"
-    plan.tokenizer_path = tok if tok.is_file() else None
+    plan.tokenizer_path = find_tokenizer(folder)
     return plan
 
 
@@ -563,8 +562,7 @@ def _plan_hf(folder: Path, max_seq_len: int | None,
         heads = (args.n_heads if name.endswith("attention.wq.weight") else
                  args.kv_heads if name.endswith("attention.wk.weight") else 0)
         plan.pieces[name] = [_Piece(file, key, got, dtype, permute_heads=heads)]
-    tok = folder / "tokenizer.model"
-    plan.tokenizer_path = tok if tok.is_file() else None
+    plan.tokenizer_path = find_tokenizer(folder)
     return plan
 
 
@@ -691,22 +689,33 @@ def load_pretrained(path: PathLike, device: torch.device | str = "cpu",
     model = _on_meta(lambda: Transformer(args))
     model.load_state_dict(sd, strict=True, assign=True)
     model.init_rope(device)  # non-persistent buffers are still on "meta" after assign
-    tok = Path(path) / "tokenizer.model"
-    model.tokenizer_path = tok if tok.is_file() else None
+    model.tokenizer_path = find_tokenizer(path)
     return model.eval()
 
 
+def find_tokenizer(path: PathLike) -> Path | None:
+    """The tokenizer.model that belongs to a checkpoint folder: in the folder (Hugging Face
+    layout) or next to it (Meta's download.sh puts one tokenizer.model beside llama-2-7b/,
+    llama-2-13b/, ...). None if there is none."""
+    folder = Path(path)
+    for candidate in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_tokenizer(path: PathLike):
-    """The SentencePiece tokenizer of a checkpoint folder (its tokenizer.model), or of a
+    """The SentencePiece tokenizer of a checkpoint folder (see `find_tokenizer`), or of a
     tokenizer.model file given directly."""
     from .tokenizer import Tokenizer
 
     path = Path(path)
-    file = path / "tokenizer.model" if path.is_dir() else path
+    file = (find_tokenizer(path) or path / "tokenizer.model") if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(
-            f"no tokenizer at {file}: Llama 2 folders carry tokenizer.model next to the "
-            f"weights; pass the path of one explicitly (e.g. --tokenizer PATH)")
+            f"no tokenizer at {file} (nor in its parent folder): Llama 2 folders carry "
+            f"tokenizer.model next to the weights; pass the path of one explicitly "
+            f"(e.g. --tokenizer PATH)")
     return Tokenizer(file)
 
 
@@ -743,6 +752,7 @@ __all__ = [
     "CheckpointError",
     "checkpoint_bytes",
     "detect_format",
+    "find_tokenizer",
     "load_layer",
     "load_pretrained",
     "load_state_dict",

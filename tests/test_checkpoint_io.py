@@ -317,6 +317,20 @@ def test_not_a_checkpoint_and_missing_tokenizer(tmp_path):
         C.load_tokenizer(tmp_path)
 
 
+def test_tokenizer_found_in_folder_or_beside_it_as_meta_downloads_it(tmp_path):
+    from llama2_edu.tokenizer import train_tokenizer
+
+    # Meta's download.sh: tokenizer.model beside llama-2-7b/, not inside it
+    tok = train_tokenizer(["a tiny corpus for a tiny tokenizer, nothing more"] * 8, 280,
+                          tmp_path / "tokenizer.model")
+    model = random_model(seed=13, vocab_size=280, **KINDS["mha"])
+    C.save_meta(model, tmp_path / "llama-2-7b")
+    assert C.load_tokenizer(tmp_path / "llama-2-7b").n_words == tok.n_words
+    assert C.load_pretrained(tmp_path / "llama-2-7b").tokenizer_path == tmp_path / "tokenizer.model"
+    C.save_hf(model, tmp_path / "hf" / "inner", tokenizer_path=tok.path)  # HF: inside
+    assert C.find_tokenizer(tmp_path / "hf" / "inner") == tmp_path / "hf" / "inner" / "tokenizer.model"
+
+
 def test_package_exports():
     assert L.load_pretrained is C.load_pretrained
     assert L.checkpoint.meta_to_hf and L.checkpoint.hf_to_meta
