@@ -131,9 +131,18 @@ def split_shards(state_dict: dict[str, torch.Tensor], n_shards: int,
                                  f"{n_shards} shards along dim {dim}")
             pieces = tensor.chunk(n_shards, dim=dim)
         for shard, piece in zip(shards, pieces):
-            # clone: torch.save writes a view's whole storage, so each piece gets its own
-            shard[name] = piece.detach().contiguous().clone()
+            shard[name] = _own(piece)
     return shards
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a tensor that owns exactly its storage. torch.save writes a view's *whole*
+    storage (a shard saved as a view would hold every shard), so views are copied; whole
+    tensors are not (saving a 7B model must not need a second 13.5 GB)."""
+    t = t.detach()
+    whole = (t.is_contiguous() and t.storage_offset() == 0
+             and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+    return t if whole else t.contiguous().clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +254,7 @@ def save_hf(model_or_sd, path: PathLike, args: ModelArgs | None = None,
     weight_map = {}
     for i, names in enumerate(groups):
         fname = f"{stem}.{ext}" if n == 1 else f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}"
-        tensors = {name: hf[name].contiguous().clone() for name in names}
+        tensors = {name: _own(hf[name]) for name in names}
         if safe_serialization:
             from safetensors.torch import save_file
             _atomic_write(folder / fname,
