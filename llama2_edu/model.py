@@ -148,11 +148,13 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)  # not tied to embeddings
-        # Rotation tables are derived, not learned: non-persistent, so the state dict holds
-        # exactly Meta's keys. Built on the parameters' device (on "meta", see init_rope).
-        rotations = precompute_rope(args.head_dim, args.max_seq_len, args.rope_theta,
+        # The rotation table is derived, not learned, and it must stay complex64 in fp32
+        # precision whatever the weights' dtype: a registered buffer would be cast by
+        # `model.to(torch.bfloat16)` (dropping its imaginary part). So, as in Meta's reference,
+        # it is a plain attribute that follows the tokens' device in forward. Not in the state
+        # dict either. Built on the parameters' device (on "meta", see init_rope).
+        self.rope = precompute_rope(args.head_dim, args.max_seq_len, args.rope_theta,
                                     device=self.output.weight.device)
-        self.register_buffer("rope", rotations, persistent=False)
         if self.output.weight.device.type != "meta":
             self.apply(self._init_weights)
             self._scale_residual_projections()
@@ -199,6 +201,8 @@ class Transformer(nn.Module):
             raise ValueError(f"positions {start_pos}..{start_pos + seq_len - 1} exceed "
                              f"max_seq_len {self.args.max_seq_len}")
         h = self.tok_embeddings(tokens)
+        if self.rope.device != tokens.device:  # the model was moved with .to(device)
+            self.rope = self.rope.to(tokens.device)
         rotations = self.rope[start_pos:start_pos + seq_len]
         for layer in self.layers:
             h = layer(h, rotations, start_pos, cache)
