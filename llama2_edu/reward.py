@@ -263,7 +263,7 @@ def train_reward_model(model: RewardModel, data: EncodedPairs,
 # Cached reward models for later chapters
 # ---------------------------------------------------------------------------------------------
 
-REWARD_RECIPE = dict(config=RewardConfig().to_dict(), n_train=2400, data_seed=0, version=1)
+REWARD_RECIPE = dict(config=RewardConfig().to_dict(), n_train=2000, data_seed=0, version=1)
 
 
 def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"],
