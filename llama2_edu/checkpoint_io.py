@@ -697,7 +697,7 @@ def load_pretrained(path: PathLike, device: torch.device | str = "cpu",
     args, sd = load_state_dict(path, device, dtype, max_seq_len)
     model = _on_meta(lambda: Transformer(args))
     model.load_state_dict(sd, strict=True, assign=True)
-    model.init_rope(device)  # non-persistent buffers are still on "meta" after assign
+    model.init_rope(device)  # the rotation table is still on "meta" after assign
     model.tokenizer_path = find_tokenizer(path)
     return model.eval()
 
