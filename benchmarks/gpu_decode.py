@@ -221,7 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, default=150.0,
                         help="start no new compiled run after this many seconds")
     parser.add_argument("--json", default=None, help="default: $OUT/gpu_decode.json if OUT set")
+    parser.add_argument("--force", action="store_true", help="run a big model on the CPU anyway")
     opts = parser.parse_args(argv)
+    n_params = L.count_parameters(L.ModelArgs.preset(opts.preset))
+    if torch.device(opts.device).type == "cpu" and n_params > 2e8 and not opts.force:
+        raise SystemExit(
+            f"refusing to run {opts.preset} ({n_params / 1e9:.1f}B parameters) on the CPU: "
+            f"torch {torch.__version__} sees no CUDA device (cuda available: "
+            f"{torch.cuda.is_available()}). On a GPU machine install a CUDA build of torch; "
+            f"for the smoke test use --preset tiny-gqa --device cpu (or pass --force).")
 
     t0 = time.perf_counter()
     device, dtype = torch.device(opts.device), DTYPES[opts.dtype]
