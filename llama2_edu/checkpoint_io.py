@@ -301,6 +301,11 @@ class _Plan:
     tokenizer_path: Path | None = None
 
 
+# Files read into ordinary memory rather than mapped: their pages must never be released with
+# madvise (anonymous memory would read back as zeros, e.g. through a tied second name).
+_NOT_MAPPED: set[Path] = set()
+
+
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     """A pickle checkpoint, read safely: weights_only refuses every object that is not a tensor
     or a plain container, so a payload in the pickle is never executed."""
@@ -312,6 +317,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
                 raise
             # The pre-1.6 (non-zip) format cannot be memory-mapped; still weights_only.
             obj = torch.load(file, map_location="cpu", weights_only=True)
+            _NOT_MAPPED.add(file)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{file}: refused to load: the pickle holds something other than tensors and plain "
@@ -578,7 +584,8 @@ def _plan_hf(folder: Path, max_seq_len: int | None,
 def _release_pages(t: torch.Tensor) -> None:
     """Tell the OS that the mapped file pages under `t` are no longer needed (Linux madvise
     DONTNEED; a no-op elsewhere). The mapping is private and unmodified, so a later read
-    would simply fault the data back in from the file: this only lowers resident memory."""
+    would simply fault the data back in from the file: this only lowers resident memory.
+    Only for memory-mapped sources (see _NOT_MAPPED)."""
     if _LIBC is None or t.device.type != "cpu":
         return
     page = 4096
@@ -642,7 +649,8 @@ def _materialize(plan: _Plan, names: Iterable[str], opened_meta: list[dict[str, 
                         src.view(h, 2, rows // h // 2, cols).transpose(1, 2))
                 else:
                     dst.copy_(src)
-                _release_pages(src)
+                if file not in _NOT_MAPPED:
+                    _release_pages(src)
                 del src
         if plan.format == "meta":
             # drop this shard's mapping unless a tensor of it is used as is (single shard)

@@ -64,6 +64,19 @@ def test_hf_round_trip_is_bit_identical(model, tmp_path, layout):
     _assert_same_weights(model, C.load_pretrained(tmp_path))
 
 
+def test_legacy_non_zip_bin_loads_with_conversion(tmp_path):
+    from llama2_edu.checkpoint import meta_to_hf
+
+    model = random_model(seed=3, **KINDS["mha"])
+    C.save_hf(model, tmp_path, safe_serialization=False)
+    # the pre-1.6 pickle format cannot be memory-mapped: read into memory, still weights_only
+    torch.save(meta_to_hf(model.state_dict(), model.args), tmp_path / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    loaded = C.load_pretrained(tmp_path, dtype=torch.float64)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor.double()), name
+
+
 def test_meta_and_hf_merge_of_shards_matches_split():
     model = random_model(seed=5, **KINDS["gqa8"])
     sd = model.state_dict()
