@@ -489,7 +489,8 @@ class PPOTrainer:
         batch = self.rollout(prompts, infos)
         log = rollout_stats(batch)
         log.update(self.update(batch))
-        log["iteration"] = len(self.history)
+        # Iterations count from 0; the evaluation `train` logs before training is entry -1.
+        log["iteration"] = sum(1 for h in self.history if h["iteration"] >= 0)
         self.history.append(log)
         return log
 

@@ -216,6 +216,16 @@ def test_ppo_increases_a_simple_reward():
         log = trainer.iteration(prompts)
     assert log["reward"] > start + 0.3, (start, log["reward"])
     assert math.isfinite(log["value_loss"]) and 0 <= log["clip_frac"] <= 1
+    assert [h["iteration"] for h in trainer.history] == list(range(10))
+
+
+def test_train_logs_the_evaluation_before_training_as_iteration_minus_one():
+    trainer = _trainer(beta=0.1)
+    prompts = [[1, 20 + i] for i in range(4)]
+    history = trainer.train(lambda i: (prompts, None), 2, eval_fn=lambda m: {"score": 1.0},
+                            eval_every=2)
+    assert [h["iteration"] for h in history] == [-1, 0, 1]
+    assert "score" in history[0] and "score" not in history[1] and "score" in history[2]
 
 
 def test_sampled_kl_is_zero_for_the_reference_and_positive_after_a_change():
