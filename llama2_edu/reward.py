@@ -24,9 +24,9 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_model(cls, model: Transformer) -> "RewardModel":
+    def from_model(cls, model: Transformer) -> RewardModel:
         """A reward model initialised from (a copy of) a language model, e.g. the SFT model."""
         return cls(copy.deepcopy(model))
 
@@ -263,7 +263,8 @@ def train_reward_model(model: RewardModel, data: EncodedPairs,
 # Cached reward models for later chapters
 # ---------------------------------------------------------------------------------------------
 
-REWARD_RECIPE = dict(config=RewardConfig().to_dict(), n_train=2000, data_seed=0, version=1)
+REWARD_RECIPE = {"config": RewardConfig().to_dict(), "n_train": 2000, "data_seed": 0,
+                 "version": 1}
 
 
 def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"],

@@ -29,21 +29,18 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import chat
-from .data.batching import Batches
+from .data.batching import IGNORE_INDEX, Batches  # IGNORE_INDEX (-100): what cross_entropy skips
 from .generation import generate
 from .model import Transformer
 from .train import TrainConfig, atomic_save, train
-
-from .data.batching import IGNORE_INDEX  # -100: the label F.cross_entropy skips
-
 
 # ---------------------------------------------------------------------------------------------
 # Tokens and labels
@@ -232,9 +229,9 @@ def evaluate(model: Transformer, tokenizer, examples: Sequence, max_gen_len: int
 # Everything that decides the SFT model; changing any of it changes the cache key.
 # The tasks that copy from the prompt (arithmetic, reverse, sort) come twice as often: they are
 # the hard ones for a 1M-parameter model.
-SFT_RECIPE = dict(config=SFTConfig().to_dict(), n_train=6000, data_seed=0, version=1,
-                  task_mix=["arithmetic", "arithmetic", "reverse", "reverse", "sort", "sort",
-                            "world", "unsafe", "borderline"])
+SFT_RECIPE = {"config": SFTConfig().to_dict(), "n_train": 6000, "data_seed": 0, "version": 1,
+              "task_mix": ["arithmetic", "arithmetic", "reverse", "reverse", "sort", "sort",
+                           "world", "unsafe", "borderline"]}
 
 
 def sft_cache_path(base: Transformer, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -99,7 +99,7 @@ def test_negligible_arithmetic_pairs_prefer_the_closer_wrong_answer():
     for _ in range(20):
         ex = A.make_example(rng, "arithmetic", "test")
         pair = A.make_pair(ex, 3, rng)
-        got = lambda s: int(s.rstrip(".").split("= ")[1])  # noqa: E731
+        got = lambda s: int(s.rstrip(".").split("= ")[1])
         assert abs(got(pair.chosen) - ex.info["c"]) < abs(got(pair.rejected) - ex.info["c"])
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import llama2_edu as L
-from llama2_edu import chat, sft
+from llama2_edu import sft
 from llama2_edu.data import assistant as A
 from llama2_edu.tokenizer import train_tokenizer
 

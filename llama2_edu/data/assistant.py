@@ -37,8 +37,8 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 TASKS = ("arithmetic", "reverse", "sort", "world", "unsafe", "borderline")
 HELPFUL_TASKS = ("arithmetic", "reverse", "sort", "world")

@@ -41,7 +41,7 @@ def check_sft_labels(fn: Callable[[list[int], list[bool]], list[int]]) -> bool:
     for n_turns in (1, 2, 3):
         ids, flags = _random_dialog_tokens(gen, n_turns)
         got = _as_list(call_learner(fn, list(ids), list(flags), exercise=exercise), exercise)
-        inputs, expected = shift_labels(ids, flags)
+        _, expected = shift_labels(ids, flags)
         if got == expected:
             continue
         if len(got) != len(expected):
@@ -90,7 +90,7 @@ def check_pack(fn: Callable[[list[tuple[list[int], list[bool]]], int],
                                      "next token) pairs: the rows are ceil((n - 1) / seq_len)")
         compare(got[0], exp_in, exercise=exercise + " (inputs)")
 
-        def diagnose(lab: torch.Tensor) -> str | None:
+        def diagnose(lab: torch.Tensor, exp_in=exp_in, stream=stream) -> str | None:
             unmasked = torch.full_like(exp_in, IGNORE_INDEX).flatten()
             unmasked[:len(stream) - 1] = torch.tensor(stream[1:])
             if torch.equal(lab.flatten(), unmasked):
