@@ -27,14 +27,18 @@ test: unit notebooks
 unit: $(STAMP)
 	$(PY) -m pytest tests
 
-# Every notebook is executed and its outputs compared with the committed ones (nbval).
+# Every notebook is executed and its outputs compared with the committed ones (nbval), one
+# notebook per run so that the log shows each one's time; all run even if one fails.
+NBVAL := $(PY) -m pytest -q --nbval --nbval-current-env \
+	--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
 notebooks: $(STAMP)
-ifeq ($(NOTEBOOKS),)
-	@echo "no notebooks yet: nothing for nbval to run"
-else
-	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
-		-p no:cacheprovider $(NOTEBOOKS)
-endif
+	@failed=""; for nb in $(NOTEBOOKS); do \
+		start=$$(date +%s); \
+		$(NBVAL) $$nb || failed="$$failed $$nb"; \
+		echo "== $$nb: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "notebooks failing nbval:$$failed"; exit 1; fi
 
 figures: $(STAMP)
 	$(PY) -m llama2_edu.tools.figures
