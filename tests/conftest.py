@@ -17,3 +17,21 @@ def real_tokenizer_path() -> Path:
     if not REAL_TOKENIZER.exists():
         pytest.skip(f"the real Llama 2 tokenizer is not at {REAL_TOKENIZER}")
     return REAL_TOKENIZER
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two
+    threads per process contend badly (seen: 20x slower). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0, preset: str = "tiny-gqa"):
+    """A seeded random model of a tiny preset, in eval mode."""
+    import llama2_edu as L
+
+    torch.manual_seed(seed)
+    return L.Transformer(L.ModelArgs.preset(preset)).eval()

@@ -2,23 +2,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model as _tiny
 
-import llama2_edu as L
 from llama2_edu import dpo, ppo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads and contend on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tiny(seed: int = 0) -> L.Transformer:
-    torch.manual_seed(seed)
-    return L.Transformer(L.ModelArgs.preset("tiny-gqa")).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dpo_loss_matches_a_hand_computed_value():

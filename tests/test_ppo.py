@@ -3,24 +3,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model as _tiny
 
-import llama2_edu as L
 from llama2_edu import ppo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices gain nothing from threads, and on a shared 2-core machine two threads per
-    # process contend badly (seen: 20x slower). Restored afterwards for the other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tiny(seed: int = 0) -> L.Transformer:
-    torch.manual_seed(seed)
-    return L.Transformer(L.ModelArgs.preset("tiny-gqa")).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pack_marks_answer_tokens_at_action_offsets():

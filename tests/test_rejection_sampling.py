@@ -2,24 +2,12 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_model as _tiny
 
-import llama2_edu as L
 from llama2_edu import dpo
 from llama2_edu import rejection_sampling as rs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads and contend on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tiny(seed: int = 0) -> L.Transformer:
-    torch.manual_seed(seed)
-    return L.Transformer(L.ModelArgs.preset("tiny-gqa")).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count7(prompts, answers, infos):
