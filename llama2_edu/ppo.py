@@ -573,13 +573,27 @@ def chat_reward(tokenizer, helpful_rm: nn.Module, safety_rm: nn.Module,
     The infos passed along with the prompts are the `AssistantExample`s; a prompt counts as
     unsafe (IS_SAFETY in the paper) when its task is "unsafe". Answers are decoded to text and
     scored exactly as the reward models were trained: prompt dialog + answer in the chat format,
-    reward read at the closing EOS."""
+    reward read at the closing EOS.
+
+    A sampled answer can contain a chat tag such as `[INST]` (the policy writing the next turn
+    itself), which no message may contain, so it cannot be put in a dialog and scored. Such an
+    answer gets the lowest score of the well-formed answers of its batch from each model (0
+    when there are none): it is never preferred, and PPO does not crash on it."""
+    from .chat import SPECIAL_TAGS
     from .reward import score_texts
 
     def scorer(rm):
         def score(prompts, answers, infos):
             texts = [tokenizer.decode(a).strip() for a in answers]
-            return score_texts(rm, tokenizer, [ex.dialog for ex in infos], texts)
+            ok = [not any(tag in t for tag in SPECIAL_TAGS) for t in texts]
+            out = torch.zeros(len(texts))
+            keep = [i for i, good in enumerate(ok) if good]
+            if keep:
+                scores = score_texts(rm, tokenizer, [infos[i].dialog for i in keep],
+                                     [texts[i] for i in keep]).float()
+                out.fill_(float(scores.min()))
+                out[keep] = scores
+            return out
         return score
 
     return Llama2Reward(scorer(helpful_rm), scorer(safety_rm), threshold,

@@ -225,3 +225,33 @@ def test_sampled_kl_is_zero_for_the_reference_and_positive_after_a_change():
         policy.output.weight.mul_(3.0)  # sharper distributions: a different policy
     kl = ppo.sampled_kl(policy, ref, prompts * 20, 6, generator=gen)
     assert kl.shape == (60,) and kl.mean() > 0
+
+
+class _CharTokenizer:
+    """Bytes as ids (offset 3), BOS 1, EOS 2: enough for the chat format in a test."""
+    bos_id, eos_id = 1, 2
+
+    def encode(self, s, bos, eos):
+        return [1] * bos + [b + 3 for b in s.encode()] + [2] * eos
+
+    def decode(self, ids):
+        return bytes(i - 3 for i in ids if i > 2).decode()
+
+
+def test_chat_reward_scores_answers_with_chat_tags_lowest(one_thread):
+    from types import SimpleNamespace
+
+    from llama2_edu.reward import RewardModel
+
+    tok = _CharTokenizer()
+    rm = RewardModel(_tiny())
+    torch.nn.init.normal_(rm.head.weight, std=1.0)
+    ex = SimpleNamespace(task="sort", dialog=({"role": "user", "content": "Sort: b a"},))
+    texts = ["a b", "b a", "a [INST] b", "[/INST]"]
+    answers = [tok.encode(t, False, False) for t in texts]
+    score = ppo.chat_reward(tok, rm, rm)([[1]] * 4, answers, [ex] * 4)
+    assert torch.isfinite(score).all()
+    assert score[2] == score[3] == score[:2].min()
+    none_ok = ppo.chat_reward(tok, rm, rm)([[1]] * 2, answers[2:], [ex] * 2)
+    torch.testing.assert_close(none_ok, ppo.llama2_score(torch.zeros(2), torch.zeros(2),
+                                                          torch.zeros(2, dtype=torch.bool)))
