@@ -30,8 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In fp32 whatever the model dtype: squaring bf16 activations loses too much.
-        # F.rms_norm computes exactly  x * rsqrt(mean(x^2) + eps)  (fused on GPU; on CPU torch
-        # 2.13 builds it from the same elementary ops).
+        # F.rms_norm computes exactly  x * rsqrt(mean(x^2) + eps)  (on CPU, torch 2.13 builds
+        # it from the same elementary ops; other backends may fuse it).
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return normed.type_as(x) * self.weight
 
