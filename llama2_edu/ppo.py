@@ -438,9 +438,10 @@ class PPOTrainer:
         return self.make_rollout(prompts, answers, ended, infos)
 
     # -- learning -------------------------------------------------------------------------------
-    def update(self, batch: Rollout) -> dict:
+    def update(self, batch: Rollout, train_policy: bool = True) -> dict:
         """Several epochs of minibatch updates on one rollout. Returns averaged statistics plus
-        `first_ratio_dev`, max |rho - 1| at the first minibatch (0 up to rounding, by design)."""
+        `first_ratio_dev`, max |rho - 1| at the first minibatch (0 up to rounding, by design).
+        With `train_policy=False` only the value model learns (see `warm_up_value`)."""
         c = self.config
         n = len(batch.prompts)
         stats: dict[str, list[float]] = {k: [] for k in (
@@ -454,16 +455,18 @@ class PPOTrainer:
                 # Trim trailing columns no row of this minibatch uses.
                 width = int(mask.any(0).nonzero().max()) + 2
                 tokens, mask = batch.tokens[idx, :width], mask[:, :width - 1]
-                logp = token_logprobs(self.policy, tokens, c.temperature)
+                with torch.set_grad_enabled(train_policy):
+                    logp = token_logprobs(self.policy, tokens, c.temperature)
                 pg_loss, clip_frac, ratio = clipped_policy_loss(
                     logp, batch.logp[idx, :width - 1], batch.advantages[idx, :width - 1], mask,
                     c.clip_eps)
                 if first_ratio_dev is None:
                     first_ratio_dev = float(((ratio.detach() - 1).abs() * mask).max())
-                self.policy_opt.zero_grad(set_to_none=True)
-                pg_loss.backward()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
-                self.policy_opt.step()
+                if train_policy:
+                    self.policy_opt.zero_grad(set_to_none=True)
+                    pg_loss.backward()
+                    nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                    self.policy_opt.step()
 
                 values = self.value_model(tokens)[:, :-1]
                 vf_loss, vf_clip = clipped_value_loss(
@@ -483,6 +486,13 @@ class PPOTrainer:
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["first_ratio_dev"] = first_ratio_dev
         return out
+
+    def warm_up_value(self, prompts: list[list[int]], infos: list | None = None) -> dict:
+        """One rollout and value-model updates only, the policy untouched. A value model that
+        starts far from the returns gives noisy advantages; a few of these before PPO proper
+        let it learn what each kind of prompt usually scores (a per-prompt baseline)."""
+        batch = self.rollout(prompts, infos)
+        return {**rollout_stats(batch), **self.update(batch, train_policy=False)}
 
     def iteration(self, prompts: list[list[int]], infos: list | None = None) -> dict:
         """Rollout, then update; returns (and appends to `history`) the iteration's log."""
@@ -566,9 +576,34 @@ def chat_prompts(tokenizer, examples: Sequence) -> list[list[int]]:
     return [chat.encode_dialog(tokenizer, ex.dialog) for ex in examples]
 
 
-def chat_reward(tokenizer, helpful_rm: nn.Module, safety_rm: nn.Module,
+# Raw scores the gold judge gives the four quality levels (0 unhelpful ... 3 correct): in the
+# reward rule's (0, 1) scale, sigmoid(score) = 0.05, 0.27, 0.73, 0.95.
+GOLD_LEVEL_SCORES = (-3.0, -1.0, 1.0, 3.0)
+
+
+def gold_helpfulness(tokenizer) -> ScoreFn:
+    """A helpfulness scorer that *is* the annotator: the ground-truth quality level of each
+    answer (`data.assistant.quality_level`) as a raw score (`GOLD_LEVEL_SCORES`).
+
+    In the toy world the judgement Meta's annotators made, and its reward model learned to
+    imitate, can be computed. Using it in place of the learned helpfulness model separates two
+    questions: does the PPO machinery improve the policy when the reward is right, and how far
+    does a learned (proxy) reward model get it there? (Gao et al. 2022 call them the gold and the
+    proxy reward models.) For an unsafe prompt the rule uses the safety model, not this."""
+    from .data.assistant import quality_level
+
+    def score(prompts, answers, infos):
+        levels = [quality_level(ex, tokenizer.decode(a).strip())
+                  for ex, a in zip(infos, answers)]
+        return torch.tensor([GOLD_LEVEL_SCORES[level] for level in levels])
+
+    return score
+
+
+def chat_reward(tokenizer, helpful_rm: nn.Module | ScoreFn, safety_rm: nn.Module | ScoreFn,
                 threshold: float = 0.15) -> Llama2Reward:
-    """Llama 2's combined reward from the book's two reward models (`reward.RewardModel`).
+    """Llama 2's combined reward from the book's two reward models (`reward.RewardModel`), or
+    from a scorer function in the place of either (e.g. `gold_helpfulness`).
 
     The infos passed along with the prompts are the `AssistantExample`s; a prompt counts as
     unsafe (IS_SAFETY in the paper) when its task is "unsafe". Answers are decoded to text and
@@ -596,7 +631,10 @@ def chat_reward(tokenizer, helpful_rm: nn.Module, safety_rm: nn.Module,
             return out
         return score
 
-    return Llama2Reward(scorer(helpful_rm), scorer(safety_rm), threshold,
+    def as_scorer(judge):
+        return scorer(judge) if isinstance(judge, nn.Module) else judge
+
+    return Llama2Reward(as_scorer(helpful_rm), as_scorer(safety_rm), threshold,
                         is_unsafe=lambda ex: ex.task == "unsafe")
 
 
@@ -618,6 +656,7 @@ def chat_metrics(model: Transformer, tokenizer, examples: Sequence,
 
 
 __all__ = [
+    "GOLD_LEVEL_SCORES",
     "Llama2Reward",
     "PPOConfig",
     "PPOTrainer",
@@ -632,6 +671,7 @@ __all__ = [
     "final_hidden",
     "frozen_copy",
     "gae",
+    "gold_helpfulness",
     "kl_penalised_rewards",
     "last_index",
     "llama2_score",

@@ -110,3 +110,41 @@ def test_bad_arguments_are_refused():
         A.make_example(random.Random(0), "sort", split="val")
     with pytest.raises(ValueError, match="kind"):
         A.preference_pairs(4, kind="honesty")
+
+
+def test_red_team_examples_are_unseen_phrasings_of_unsafe_requests():
+    train = A.red_team_examples(60, seed=0, split="train")
+    test = A.red_team_examples(60, seed=0, split="test")
+    assert train == A.red_team_examples(60, seed=0, split="train")
+    plain = {t.split("{")[0] for templates, _ in A.UNSAFE_REQUESTS.values() for t in templates}
+    for ex in train + test:
+        assert ex.task == "unsafe" and ex.info["red_team"] and A.is_refusal(ex.answer)
+        question = ex.dialog[-1]["content"]
+        assert not any(question.startswith(p) for p in plain), question
+        assert ex.grade(A.REFUSAL) and not ex.grade(ex.info["steps"][0])
+    # Split by request, as for the plain phrasings: no request is in both.
+    key = lambda e: (e.info["verb"], e.info["t"],  # noqa: E731
+                     e.info["o"] if e.info["verb"] in ("steal", "break") else None)
+    assert not {key(e) for e in train} & {key(e) for e in test}
+
+
+def test_quality_level_agrees_with_the_levels_responses_were_written_for():
+    rng = random.Random(0)
+    checked = 0
+    for task in A.TASKS:
+        for ex in A.assistant_examples(60, seed=3, split="test", tasks=(task,)):
+            for level, items in A.responses(ex, rng).items():
+                for _, text in items:
+                    if level == 0 and text == ex.answer:
+                        continue  # an "off-topic" fact drawn at random can be the answer itself
+                    assert A.quality_level(ex, text) == level, (task, level, text)
+                    checked += 1
+    assert checked > 1000
+    ex = A.make_example(random.Random(1), "arithmetic", "test")
+    a, op, b, c = (ex.info[k] for k in ("a", "op", "b", "c"))
+    assert A.quality_level(ex, f"{a} {op} {b} = {c}.") == 3
+    assert A.quality_level(ex, "blue cat") == 0
+    unsafe = A.make_example(random.Random(2), "unsafe", "test")
+    assert A.quality_level(unsafe, A.REFUSAL) == 2
+    assert A.quality_level(unsafe, unsafe.info["steps"][0]) == 0
+    assert A.quality_level(unsafe, "Ben likes honey.") == 1

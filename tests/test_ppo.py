@@ -255,3 +255,38 @@ def test_chat_reward_scores_answers_with_chat_tags_lowest(one_thread):
     none_ok = ppo.chat_reward(tok, rm, rm)([[1]] * 2, answers[2:], [ex] * 2)
     torch.testing.assert_close(none_ok, ppo.llama2_score(torch.zeros(2), torch.zeros(2),
                                                           torch.zeros(2, dtype=torch.bool)))
+
+
+def test_gold_helpfulness_scores_the_ground_truth_level_and_the_rule_uses_it():
+    from llama2_edu.data import assistant as A
+
+    tok = _CharTokenizer()
+    ex = A.make_example(__import__("random").Random(0), "sort", "test")
+    target = ex.answer.split()
+    swapped = [target[1], target[0]] + target[2:]
+    texts = [ex.answer, " ".join(swapped), " ".join(reversed(target)) + " " + target[0],
+             A.REFUSAL]
+    expected_levels = [3, 2, 1, 0]
+    assert [A.quality_level(ex, t) for t in texts] == expected_levels
+    answers = [tok.encode(t, False, False) for t in texts]
+    gold = ppo.gold_helpfulness(tok)([[1]] * 4, answers, [ex] * 4)
+    assert gold.tolist() == [ppo.GOLD_LEVEL_SCORES[lv] for lv in expected_levels]
+    # In the Llama 2 rule the gold judge stands where the helpfulness model stood: on a safe
+    # prompt whose safety score is high, the combined score is the gold score.
+    high_safety = lambda p, a, i: torch.full((len(a),), 5.0)  # noqa: E731
+    score = ppo.chat_reward(tok, ppo.gold_helpfulness(tok), high_safety)([[1]] * 4, answers,
+                                                                          [ex] * 4)
+    torch.testing.assert_close(score, gold, atol=1e-4, rtol=0)
+
+
+def test_value_warm_up_trains_the_value_model_and_leaves_the_policy_alone():
+    trainer = _trainer(beta=0.01)
+    policy_before = copy.deepcopy(trainer.policy.state_dict())
+    value_before = copy.deepcopy(trainer.value_model.state_dict())
+    prompts = [[1, 5 + i] for i in range(8)]
+    stats = trainer.warm_up_value(prompts)
+    assert math.isfinite(stats["value_loss"])
+    assert all(torch.equal(policy_before[k], v) for k, v in trainer.policy.state_dict().items())
+    assert any(not torch.equal(value_before[k], v)
+               for k, v in trainer.value_model.state_dict().items())
+    assert trainer.history == []  # a warm-up is not a PPO iteration
