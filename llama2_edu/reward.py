@@ -264,7 +264,7 @@ def train_reward_model(model: RewardModel, data: EncodedPairs,
 # ---------------------------------------------------------------------------------------------
 
 REWARD_RECIPE = {"config": RewardConfig().to_dict(), "n_train": 2000, "data_seed": 0,
-                 "version": 1}
+                 "version": 3}
 
 
 def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"],
@@ -276,46 +276,126 @@ def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"]
     return encode_pairs(tokenizer, preference_pairs(n, kind=kind, seed=seed, split=split))
 
 
+# Round 2, as Llama 2 iterated (section 3.2.1: each week new comparisons of answers sampled from
+# the latest model): the SFT model answers training prompts several times, the annotator
+# (`data.assistant.quality_level`) compares its answers, and round 1's reward model goes on
+# learning from these comparisons (one more epoch of the same recipe, on the new pairs only).
+ROUND2_RECIPE = {"prompts": {"helpfulness": 500, "safety": 400}, "red_team_share": 0.25,
+                 "samples_per_prompt": 6, "pairs_per_prompt": 4, "max_gen_len": 24,
+                 "temperature": 1.0, "seed": 21, "version": 1}
+
+
+@torch.no_grad()
+def on_policy_pairs(model: Transformer, tokenizer, kind: str, n_prompts: int,
+                    samples_per_prompt: int = 6, pairs_per_prompt: int = 4,
+                    max_gen_len: int = 24, temperature: float = 1.0, seed: int = 21,
+                    red_team_share: float = 0.0, batch_size: int = 128) -> list:
+    """Preference pairs among `model`'s own answers: `n_prompts` training-split prompts of the
+    `kind`'s tasks (plus `red_team_share` * n_prompts red-team requests for safety), each
+    answered `samples_per_prompt` times at `temperature`, compared by the ground-truth annotator
+    (`data.assistant.pairs_from_samples`). Deterministic for `seed`."""
+    import random
+
+    from .data.assistant import (PAIR_TASKS, assistant_examples, pairs_from_samples,
+                                 red_team_examples)
+    from .generation import generate
+
+    if kind not in PAIR_TASKS:
+        raise ValueError(f"kind must be one of {', '.join(PAIR_TASKS)}, got {kind!r}")
+    examples = assistant_examples(n_prompts, seed=seed, split="train", tasks=PAIR_TASKS[kind])
+    if kind == "safety" and red_team_share > 0:
+        examples += red_team_examples(round(red_team_share * n_prompts), seed=seed,
+                                      split="train")
+    prompts = [chat.encode_dialog(tokenizer, ex.dialog) for ex in examples]
+    generator = torch.Generator().manual_seed(seed)
+    answers: list[list[str]] = [[] for _ in examples]
+    model.eval()
+    for _ in range(samples_per_prompt):
+        for start in range(0, len(prompts), batch_size):
+            out = generate(model, prompts[start:start + batch_size], max_gen_len,
+                           temperature=temperature, top_p=1.0, eos_id=tokenizer.eos_id,
+                           generator=generator)
+            for row, ids in enumerate(out):
+                answers[start + row].append(tokenizer.decode(ids).strip())
+    rng = random.Random(f"on-policy-{kind}-{seed}")
+    return [pair for ex, texts in zip(examples, answers)
+            for pair in pairs_from_samples(ex, texts, pairs_per_prompt, rng)]
+
+
+def round2_training_pairs(sft: Transformer, tokenizer, kind: str) -> list:
+    """Round 2's new data for `kind`: `on_policy_pairs` of the SFT model by `ROUND2_RECIPE`."""
+    r = ROUND2_RECIPE
+    return on_policy_pairs(sft, tokenizer, kind, r["prompts"][kind], r["samples_per_prompt"],
+                           r["pairs_per_prompt"], r["max_gen_len"], r["temperature"], r["seed"],
+                           r["red_team_share"] if kind == "safety" else 0.0)
+
+
 def reward_cache_path(sft: Transformer, kind: str,
-                      cache_dir: str | os.PathLike | None = None) -> Path:
+                      cache_dir: str | os.PathLike | None = None, data_round: int = 1) -> Path:
     from .pretrained import default_cache_dir
     from .sft import recipe_key
 
     root = Path(cache_dir) if cache_dir is not None else Path(default_cache_dir())
-    return root / f"rm-{kind}-{recipe_key({**REWARD_RECIPE, 'kind': kind}, sft)}.pt"
+    recipe = {**REWARD_RECIPE, "kind": kind}
+    if data_round == 2:
+        recipe = {**recipe, "round2": ROUND2_RECIPE}
+        return root / f"rm2-{kind}-{recipe_key(recipe, sft)}.pt"
+    return root / f"rm-{kind}-{recipe_key(recipe, sft)}.pt"
 
 
 def train_toy_reward_model(sft: Transformer, tokenizer, kind: str, *,
                            cache_dir: str | os.PathLike | None = None,
-                           data: EncodedPairs | None = None) -> tuple[RewardModel, list[float]]:
-    """Train the `kind` reward model from `sft` by `REWARD_RECIPE`, always, write it to the
-    cache `toy_reward_model()` reads, and return (model, step losses)."""
+                           data: EncodedPairs | None = None,
+                           data_round: int = 1) -> tuple[RewardModel, list[float]]:
+    """Train the `kind` reward model of `data_round`, always, write it to the cache
+    `toy_reward_model()` reads, and return (model, step losses). Round 1: from `sft`, on
+    `REWARD_RECIPE`'s hand-written pairs. Round 2: round 1's model (from the cache, or trained
+    first) trained on comparisons of the SFT model's own answers (`round2_training_pairs`)."""
     if kind not in ("helpfulness", "safety"):
         raise ValueError(f"kind must be 'helpfulness' or 'safety', got {kind!r}")
-    model = RewardModel.from_model(sft)
+    if data_round not in (1, 2):
+        raise ValueError(f"data_round must be 1 or 2, got {data_round!r}")
     config = RewardConfig(**REWARD_RECIPE["config"])
-    data = data if data is not None else reward_training_data(tokenizer, kind)
+    if data_round == 1:
+        model = RewardModel.from_model(sft)
+        data = data if data is not None else reward_training_data(tokenizer, kind)
+    else:
+        model = copy.deepcopy(_cached_or_trained(sft, tokenizer, kind, cache_dir))
+        data = data if data is not None else encode_pairs(
+            tokenizer, round2_training_pairs(sft, tokenizer, kind))
     torch.manual_seed(config.seed)
     losses = train_reward_model(model, data, config)
     atomic_save({"model": model.state_dict(), "losses": losses},
-                reward_cache_path(sft, kind, cache_dir))
+                reward_cache_path(sft, kind, cache_dir, data_round))
     return model, losses
 
 
+def _cached_or_trained(sft: Transformer, tokenizer, kind: str,
+                       cache_dir: str | os.PathLike | None, data_round: int = 1) -> RewardModel:
+    path = reward_cache_path(sft, kind, cache_dir, data_round)
+    if path.exists():
+        model = RewardModel.from_model(sft)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
+        return model.eval()
+    model, _ = train_toy_reward_model(sft, tokenizer, kind, cache_dir=cache_dir,
+                                      data_round=data_round)
+    return model.eval()
+
+
 def toy_reward_model(kind: str = "helpfulness", *, cache_dir: str | os.PathLike | None = None,
-                     retrain: bool = False) -> tuple[RewardModel, object]:
-    """(reward model, tokenizer): the helpfulness or safety reward model, initialised from
-    `sft.sft_model()` and trained with `REWARD_RECIPE` (small margins), or loaded from the
-    cache."""
+                     retrain: bool = False, data_round: int = 1) -> tuple[RewardModel, object]:
+    """(reward model, tokenizer): the helpfulness or safety reward model of `data_round` (1 or 2,
+    see `train_toy_reward_model`), initialised from `sft.sft_model()` (small margins), loaded
+    from the cache or trained now (round 2 also samples the SFT model first: about a minute)."""
     from .sft import sft_model
 
     if kind not in ("helpfulness", "safety"):
         raise ValueError(f"kind must be 'helpfulness' or 'safety', got {kind!r}")
+    if data_round not in (1, 2):
+        raise ValueError(f"data_round must be 1 or 2, got {data_round!r}")
     sft, tokenizer = sft_model(cache_dir=cache_dir)
-    path = reward_cache_path(sft, kind, cache_dir)
-    if path.exists() and not retrain:
-        model = RewardModel.from_model(sft)
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["model"])
+    if retrain:
+        model, _ = train_toy_reward_model(sft, tokenizer, kind, cache_dir=cache_dir,
+                                          data_round=data_round)
         return model.eval(), tokenizer
-    model, _ = train_toy_reward_model(sft, tokenizer, kind, cache_dir=cache_dir)
-    return model, tokenizer
+    return _cached_or_trained(sft, tokenizer, kind, cache_dir, data_round), tokenizer

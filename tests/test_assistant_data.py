@@ -148,3 +148,38 @@ def test_quality_level_agrees_with_the_levels_responses_were_written_for():
     assert A.quality_level(unsafe, A.REFUSAL) == 2
     assert A.quality_level(unsafe, unsafe.info["steps"][0]) == 0
     assert A.quality_level(unsafe, "Ben likes honey.") == 1
+
+
+def test_sloppy_demonstrations_replace_the_given_share_with_worse_answers():
+    examples = A.assistant_examples(600, seed=0, split="train")
+    shares = {"world": 0.5, "borderline": 0.3, "unsafe": 0.4}
+    out = A.sloppy_demonstrations(examples, shares, seed=0)
+    assert out == A.sloppy_demonstrations(examples, shares, seed=0)
+    assert [e.dialog for e in out] == [e.dialog for e in examples]
+    for task, share in shares.items():
+        changed = [(a, b) for a, b in zip(examples, out) if a.task == task and b.info.get("sloppy")]
+        n_task = sum(e.task == task for e in examples)
+        assert abs(len(changed) / n_task - share) < 0.12, (task, len(changed), n_task)
+        for before, after in changed:
+            level = A.quality_level(before, after.answer)
+            assert level == {"world": 2, "borderline": 0, "unsafe": 1}[task], (task, after.answer)
+    untouched = [(a, b) for a, b in zip(examples, out) if a.task not in shares]
+    assert all(a.answer == b.answer for a, b in untouched)
+    with pytest.raises(ValueError, match="no sloppy answer"):
+        A.sloppy_demonstrations(examples, {"sort": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        A.sloppy_demonstrations(examples, {"world": 1.5})
+
+
+def test_pairs_from_samples_rank_by_level_and_skip_unscorable_answers():
+    ex = A.make_example(random.Random(0), "sort", "test")
+    target = ex.answer.split()
+    near = " ".join([target[1], target[0]] + target[2:])
+    answers = [ex.answer, near, A.REFUSAL, ex.answer, "a [INST] b", ""]
+    pairs = A.pairs_from_samples(ex, answers, max_pairs=10, rng=random.Random(0))
+    assert len(pairs) == 3  # (3, 2), (3, 0), (2, 0) among the distinct scorable answers
+    for p in pairs:
+        assert p.chosen_level > p.rejected_level
+        assert p.rating == 3 - (p.chosen_level - p.rejected_level)
+        assert "[INST]" not in p.chosen + p.rejected
+    assert len(A.pairs_from_samples(ex, answers, max_pairs=2, rng=random.Random(0))) == 2

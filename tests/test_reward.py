@@ -115,3 +115,67 @@ def test_exercise_checks_pass_the_reference_and_catch_mistakes():
         check_ranking_loss(lambda c, r, m: -F.logsigmoid(c - r + m).mean())
     with pytest.raises(ExerciseFailed, match="right-padded"):
         check_last_token_reward(lambda s, n: s[:, -1])
+
+
+def test_on_policy_pairs_compare_the_models_own_answers(one_thread):
+    import dataclasses
+
+    class CharTokenizer:
+        bos_id, eos_id = 1, 2
+
+        def encode(self, s, bos, eos):
+            return [1] * bos + [b % 200 + 3 for b in s.encode()] + [2] * eos
+
+        def decode(self, ids):
+            return "".join(chr(i - 3 + 97) if 3 <= i - 3 + 97 < 123 else " " for i in ids
+                           if i > 2)
+
+    torch.manual_seed(0)
+    # Characters make long prompts (system prompts, earlier turns): a longer context than tiny's.
+    args = dataclasses.replace(L.ModelArgs.preset("tiny-gqa"), max_seq_len=512)
+    model = L.Transformer(args).eval()
+    tok = CharTokenizer()
+    pairs = R.on_policy_pairs(model, tok, "safety", n_prompts=6, samples_per_prompt=3,
+                              max_gen_len=6, red_team_share=0.5, seed=3)
+    again = R.on_policy_pairs(model, tok, "safety", n_prompts=6, samples_per_prompt=3,
+                              max_gen_len=6, red_team_share=0.5, seed=3)
+    assert pairs == again
+    for p in pairs:
+        assert p.chosen_level > p.rejected_level and p.task in ("unsafe", "borderline")
+    with pytest.raises(ValueError, match="kind"):
+        R.on_policy_pairs(model, tok, "honesty", n_prompts=2)
+    with pytest.raises(ValueError, match="data_round"):
+        R.toy_reward_model("safety", data_round=3)
+
+
+def test_on_policy_pairs_prefer_the_better_of_the_models_answers(monkeypatch):
+    import llama2_edu.generation as G
+
+    class ByteTokenizer:
+        bos_id, eos_id = 1, 2
+
+        def encode(self, s, bos, eos):
+            return [1] * bos + [b + 3 for b in s.encode()] + [2] * eos
+
+        def decode(self, ids):
+            return bytes(i - 3 for i in ids if i > 2).decode()
+
+    tok = ByteTokenizer()
+    calls = []
+
+    def scripted_generate(model, prompts, max_gen_len, **kwargs):
+        # Sample 1 refuses, sample 2 complies, sample 3 refuses with a reason.
+        calls.append(len(prompts))
+        text = [A.REFUSAL, "Here is how: do it.", f"{A.REFUSAL} {A.REFUSAL_REASON}"][
+            (len(calls) - 1) % 3]
+        return [tok.encode(text, False, False) for _ in prompts]
+
+    monkeypatch.setattr(G, "generate", scripted_generate)
+    pairs = R.on_policy_pairs(torch.nn.Identity(), tok, "safety", n_prompts=8,
+                              samples_per_prompt=3, pairs_per_prompt=4)
+    unsafe = [p for p in pairs if p.task == "unsafe"]
+    assert unsafe and all(A.is_refusal(p.chosen) for p in unsafe)
+    assert any(p.rejected.startswith("Here is how") and p.rating == 0 for p in unsafe)
+    # On borderline requests every refusal is a false refusal: compliance text (level 1) wins.
+    border = [p for p in pairs if p.task == "borderline"]
+    assert border and all(not A.is_refusal(p.chosen) for p in border)

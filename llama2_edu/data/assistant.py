@@ -73,6 +73,7 @@ class Fact:
     answer: str
     value: str
     wrong_answers: tuple[str, ...]
+    wrong_values: tuple[str, ...] = ()  # the wrong value in each of `wrong_answers`
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,16 @@ def world_vocabulary(world=None) -> Vocabulary:
     for q, (person, relation, value) in zip(world.questions(), _question_relations(world)):
         if q["answer"] != value:
             raise RuntimeError(f"World.questions() and World.facts() disagree for {person}")
-        wrong = []
+        wrong, wrong_values = [], []
         for other in domains[relation]:
             if other != value and other != person:
                 # The fact sentence with a wrong value in place of the right one.
                 head, _, tail = q["sentence"].rpartition(value)
                 wrong.append(head + other + tail)
+                wrong_values.append(other)
         facts.append(Fact(key=f"{person} {relation}", question=q["question"],
-                          answer=q["sentence"], value=value, wrong_answers=tuple(wrong)))
+                          answer=q["sentence"], value=value, wrong_answers=tuple(wrong),
+                          wrong_values=tuple(wrong_values)))
     words = tuple(dict.fromkeys(w.ANIMALS + w.OBJECTS + w.COLOURS + w.FOODS))
     return Vocabulary(names=tuple(world.people), animals=tuple(f"the {a}" for a in w.ANIMALS),
                       objects=tuple(w.OBJECTS), words=words, facts=tuple(facts))
@@ -449,17 +452,35 @@ def responses(example: AssistantExample, rng: random.Random, vocab: Vocabulary |
             swapped[j], swapped[j + 1] = swapped[j + 1], swapped[j]
             close.add(tuple(swapped))
         others = [p for p in itertools.permutations(target) if p not in close]
-        wrong = [(float(sum(p == q for p, q in zip(perm, target))), " ".join(perm))
-                 for perm in rng.sample(others, min(4, len(others)))]
+        wrong = [_placed(perm, target) for perm in rng.sample(others, min(4, len(others)))]
+        # The mistakes a small model really makes (chapter 12 samples them): a word that is not
+        # in the list, a word twice, a word left out, a word added.
+        foreign = rng.choice([w for w in vocab.words if w not in target])
+        i, j = rng.sample(range(len(target)), 2)
+        substituted, doubled = list(target), list(target)
+        substituted[i] = foreign
+        doubled[i] = target[j]
+        dropped = target[:i] + target[i + 1:]
+        added = target[:i] + [foreign] + target[i:]
+        wrong += [_placed(x, target) for x in (substituted, doubled, dropped, added)]
         out = {3: [(0.0, example.answer)], 2: [(0.0, " ".join(near))], 1: wrong,
                0: [(0.0, REFUSAL), (0.0, off)]}
     elif example.task == "world":
         fact: Fact = info["fact"]
-        out = {3: [(0.0, example.answer)], 2: [(0.0, _capitalise(fact.value) + ".")],
-               1: [(0.0, w) for w in fact.wrong_answers[:2]], 0: [(0.0, REFUSAL), (0.0, off)]}
+        # Wrong facts in both forms, the sentence and the bare value, so that the form alone
+        # never tells a better answer from a worse one.
+        k = rng.randrange(len(fact.wrong_answers))
+        wrong_sentence, wrong_value = fact.wrong_answers[k], terse_answer(fact.wrong_values[k])
+        out = {3: [(0.0, example.answer)], 2: [(0.0, terse_answer(fact.value))],
+               1: [(0.0, wrong_sentence), (0.0, wrong_value)], 0: [(0.0, REFUSAL), (0.0, off)]}
     elif example.task == "unsafe":
         steps = info["steps"]
-        out = {3: [(0.0, example.answer)], 2: [(0.0, REFUSAL)], 1: [(0.0, off)],
+        # Evasive: the answer to the harmless request with the same words, the mistake a model
+        # makes when it misreads the intent. The same text is the best answer to the borderline
+        # request, so only the prompt can tell the two apart: the safety model must read it.
+        _, harmless = BORDERLINE_REQUESTS[info["verb"]]
+        evasive = _capitalise(harmless.format(t=info["t"], o=info["o"]))
+        out = {3: [(0.0, example.answer)], 2: [(0.0, REFUSAL)], 1: [(0.0, evasive)],
                0: [(-1.0, steps[0]), (-2.0, " ".join(steps))]}
     elif example.task == "borderline":
         verb = info["verb"]
@@ -470,6 +491,17 @@ def responses(example: AssistantExample, rng: random.Random, vocab: Vocabulary |
         out = {3: [(0.0, example.answer)], 2: [(0.0, other_answer)], 1: [(0.0, off)],
                0: [(0.0, REFUSAL), (0.0, f"{REFUSAL} {REFUSAL_REASON}")]}
     return {level: items for level, items in out.items() if items}
+
+
+def terse_answer(value: str) -> str:
+    """A fact's value without the sentence around it ("It is cake."): right or wrong, it does not
+    say what it is about, so it is at best "nearly correct" (level 2)."""
+    return f"It is {value}."
+
+
+def _placed(words: Sequence[str], target: Sequence[str]) -> tuple[float, str]:
+    """(closeness, text) of a wrong word list: closeness is the number of words in their place."""
+    return float(sum(p == q for p, q in zip(words, target))), " ".join(words)
 
 
 # Level pairs (chosen, rejected) for each rating: the level difference is 3 - rating.
@@ -520,6 +552,16 @@ def preference_pairs(n: int, kind: str = "helpfulness", seed: int = 0, split: st
     tasks = PAIR_TASKS[kind]
     examples = assistant_examples(3 * n, seed=seed + 7919, split=split, tasks=tasks,
                                   vocab=vocab)
+    if kind == "safety":
+        # Every other unsafe request in a red-team phrasing: Meta added the prompts its red
+        # teams found to the safety data (section 4.3).
+        red = iter(red_team_examples(3 * n, seed=seed + 7919, split=split, vocab=vocab))
+        unsafe_seen = 0
+        for i, ex in enumerate(examples):
+            if ex.task == "unsafe":
+                unsafe_seen += 1
+                if unsafe_seen % 2 == 0:
+                    examples[i] = next(red)
     rng = random.Random(f"pairs-{kind}-{seed}-{split}")
     pairs: list[PreferencePair] = []
     i = 0
@@ -597,12 +639,81 @@ def quality_level(example: AssistantExample, answer: str) -> int:
         return 1 if words and all(w in vocab.words for w in words) else 0
     if example.task == "world":
         fact: Fact = info["fact"]
-        if text == _capitalise(fact.value) + ".":
+        if text == terse_answer(fact.value):
             return 2
-        return 1 if text in fact.wrong_answers else 0
+        wrong_values = {terse_answer(v) for v in fact.wrong_values}
+        return 1 if text in fact.wrong_answers or text in wrong_values else 0
     if example.task == "borderline":
         verb = info["verb"]
         template = BORDERLINE_REQUESTS[verb][1]
         head = template.split("{")[0]
         return 2 if head and text.startswith(head) else 1
     raise ValueError(f"unknown task {example.task!r}")
+
+
+def pairs_from_samples(example: AssistantExample, answers: Sequence[str],
+                       max_pairs: int = 4, rng: random.Random | None = None
+                       ) -> list[PreferencePair]:
+    """Preference pairs among a model's own answers to one prompt: every two distinct answers
+    on different quality levels make a pair, rated by the level difference (3 levels apart:
+    "significantly better", ...). At most `max_pairs`, drawn at random, so that one prompt with
+    many distinct answers does not dominate."""
+    from ..chat import SPECIAL_TAGS
+
+    rng = rng or random.Random(0)
+    graded = {}
+    for a in answers:
+        a = a.strip()
+        # An answer holding a chat tag cannot be placed in a dialog, so it cannot be compared.
+        if a and not any(tag in a for tag in SPECIAL_TAGS):
+            graded[a] = quality_level(example, a)
+    pairs = [PreferencePair(example.dialog, hi, lo, 3 - (graded[hi] - graded[lo]), example.task,
+                            graded[hi], graded[lo])
+             for hi in graded for lo in graded if graded[hi] > graded[lo]]
+    return rng.sample(pairs, min(max_pairs, len(pairs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Uneven demonstrations
+# ---------------------------------------------------------------------------------------------
+
+# What a careless annotator writes instead of the reference answer, per task: the terse value of a
+# fact ("It is green.") for a world question, a refusal for a borderline request, and for an unsafe
+# request the answer to its harmless reading ("Stay with Tom and call a doctor.").
+SLOPPY_TASKS = ("world", "borderline", "unsafe")
+
+
+def sloppy_demonstrations(examples: Sequence[AssistantExample], shares: dict[str, float],
+                          seed: int = 0) -> list[AssistantExample]:
+    """`examples` with the demonstrated answer of a share of some tasks replaced by a worse one:
+    for `world`, the fact's value without the sentence (`terse_answer`, quality level 2); for
+    `borderline`, a refusal (a false refusal, level 0); for `unsafe`, the answer to the
+    request's harmless reading (not a refusal: evasive, safety level 1). Deterministic for
+    `seed`.
+
+    Llama 2's authors observed (section 5.1) that demonstrations vary in quality from annotator
+    to annotator, that a model fine-tuned on them learns that variation down to the worst-written
+    ones, and that reward models, which only compare, learn to score that tail low, so RLHF can
+    move the model past its demonstrations. The SFT chapter
+    trains on such uneven data so that chapter 12 can watch RLHF do this."""
+    unknown = set(shares) - set(SLOPPY_TASKS)
+    if unknown:
+        raise ValueError(f"no sloppy answer defined for {sorted(unknown)}; "
+                         f"tasks with one: {', '.join(SLOPPY_TASKS)}")
+    for task, share in shares.items():
+        if not 0 <= share <= 1:
+            raise ValueError(f"share for {task!r} must lie in [0, 1], got {share}")
+    rng = random.Random(f"sloppy-{seed}")
+    out = []
+    for ex in examples:
+        if ex.task in shares and rng.random() < shares[ex.task]:
+            if ex.task == "world":
+                answer = terse_answer(ex.info["fact"].value)
+            elif ex.task == "borderline":
+                answer = REFUSAL
+            else:
+                harmless = BORDERLINE_REQUESTS[ex.info["verb"]][1]
+                answer = _capitalise(harmless.format(t=ex.info["t"], o=ex.info["o"]))
+            ex = AssistantExample(ex.task, ex.dialog, answer, {**ex.info, "sloppy": True})
+        out.append(ex)
+    return out
