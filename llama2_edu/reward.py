@@ -296,8 +296,12 @@ def on_policy_pairs(model: Transformer, tokenizer, kind: str, n_prompts: int,
     (`data.assistant.pairs_from_samples`). Deterministic for `seed`."""
     import random
 
-    from .data.assistant import (PAIR_TASKS, assistant_examples, pairs_from_samples,
-                                 red_team_examples)
+    from .data.assistant import (
+        PAIR_TASKS,
+        assistant_examples,
+        pairs_from_samples,
+        red_team_examples,
+    )
     from .generation import generate
 
     if kind not in PAIR_TASKS:
