@@ -302,7 +302,7 @@ def on_policy_pairs(model: Transformer, tokenizer, kind: str, n_prompts: int,
         pairs_from_samples,
         red_team_examples,
     )
-    from .generation import generate
+    from .rejection_sampling import sample_k
 
     if kind not in PAIR_TASKS:
         raise ValueError(f"kind must be one of {', '.join(PAIR_TASKS)}, got {kind!r}")
@@ -311,16 +311,11 @@ def on_policy_pairs(model: Transformer, tokenizer, kind: str, n_prompts: int,
         examples += red_team_examples(round(red_team_share * n_prompts), seed=seed,
                                       split="train")
     prompts = [chat.encode_dialog(tokenizer, ex.dialog) for ex in examples]
-    generator = torch.Generator().manual_seed(seed)
-    answers: list[list[str]] = [[] for _ in examples]
     model.eval()
-    for _ in range(samples_per_prompt):
-        for start in range(0, len(prompts), batch_size):
-            out = generate(model, prompts[start:start + batch_size], max_gen_len,
-                           temperature=temperature, top_p=1.0, eos_id=tokenizer.eos_id,
-                           generator=generator)
-            for row, ids in enumerate(out):
-                answers[start + row].append(tokenizer.decode(ids).strip())
+    samples, _ = sample_k(model, prompts, samples_per_prompt, max_gen_len, temperature,
+                          eos_id=tokenizer.eos_id, generator=torch.Generator().manual_seed(seed),
+                          batch_size=batch_size)
+    answers = [[tokenizer.decode(ids).strip() for ids in row] for row in samples]
     rng = random.Random(f"on-policy-{kind}-{seed}")
     return [pair for ex, texts in zip(examples, answers)
             for pair in pairs_from_samples(ex, texts, pairs_per_prompt, rng)]

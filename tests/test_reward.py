@@ -149,7 +149,7 @@ def test_on_policy_pairs_compare_the_models_own_answers(one_thread):
 
 
 def test_on_policy_pairs_prefer_the_better_of_the_models_answers(monkeypatch):
-    import llama2_edu.generation as G
+    import llama2_edu.rejection_sampling as RS
 
     class ByteTokenizer:
         bos_id, eos_id = 1, 2
@@ -161,16 +161,17 @@ def test_on_policy_pairs_prefer_the_better_of_the_models_answers(monkeypatch):
             return bytes(i - 3 for i in ids if i > 2).decode()
 
     tok = ByteTokenizer()
-    calls = []
+    texts = [A.REFUSAL, "Here is how: do it.", f"{A.REFUSAL} {A.REFUSAL_REASON}"]
 
     def scripted_generate(model, prompts, max_gen_len, **kwargs):
-        # Sample 1 refuses, sample 2 complies, sample 3 refuses with a reason.
-        calls.append(len(prompts))
-        text = [A.REFUSAL, "Here is how: do it.", f"{A.REFUSAL} {A.REFUSAL_REASON}"][
-            (len(calls) - 1) % 3]
-        return [tok.encode(text, False, False) for _ in prompts]
+        # Rows come prompt by prompt, 3 samples each: a refusal, a compliance, a refusal with
+        # a reason (rows are counted across calls, so the batching does not matter).
+        start = scripted_generate.rows
+        scripted_generate.rows += len(prompts)
+        return [tok.encode(texts[(start + i) % 3], False, False) for i in range(len(prompts))]
 
-    monkeypatch.setattr(G, "generate", scripted_generate)
+    scripted_generate.rows = 0
+    monkeypatch.setattr(RS, "generate", scripted_generate)
     pairs = R.on_policy_pairs(torch.nn.Identity(), tok, "safety", n_prompts=8,
                               samples_per_prompt=3, pairs_per_prompt=4)
     unsafe = [p for p in pairs if p.task == "unsafe"]
