@@ -35,3 +35,16 @@ def tiny_model(seed: int = 0, preset: str = "tiny-gqa"):
 
     torch.manual_seed(seed)
     return L.Transformer(L.ModelArgs.preset(preset)).eval()
+
+
+def stub(*args, **kwargs):
+    """An exercise as the student edition hands it out: not written yet."""
+    raise NotImplementedError("exercise: write this part")
+
+
+def fails_with(check, fn, hint: str) -> None:
+    """`check(fn)` must reject `fn` with a message matching `hint`."""
+    from llama2_edu.exercises._harness import ExerciseFailed
+
+    with pytest.raises(ExerciseFailed, match=hint):
+        check(fn)

@@ -2,21 +2,14 @@
 
 import pytest
 import torch
+from conftest import fails_with, stub
 
 from llama2_edu.checkpoint import meta_to_hf_name
 from llama2_edu.checkpoint_io import merge_shards, shard_dim
 from llama2_edu.exercises import check_hf_names, check_merge_shards
-from llama2_edu.exercises._harness import ExerciseFailed
-
-
-def fails_with(check, fn, hint):
-    with pytest.raises(ExerciseFailed, match=hint):
-        check(fn)
 
 
 def test_stubs_fail_politely():
-    def stub(*args):
-        raise NotImplementedError("exercise: write this part")
     for check in (check_merge_shards, check_hf_names):
         fails_with(check, stub, "not implemented yet")
 

@@ -2,23 +2,16 @@
 
 import pytest
 import torch
+from conftest import fails_with, stub
 
 import llama2_edu as L
 from llama2_edu.checkpoint import permute_for_hf, unpermute_from_hf
 from llama2_edu.exercises import check_param_count, check_rmsnorm, check_rope, check_unpermute
-from llama2_edu.exercises._harness import ExerciseFailed
 from llama2_edu.exercises.introduction import _count
 from llama2_edu.exercises.rope import _rope, reference_rope
 
 
-def fails_with(check, fn, hint):
-    with pytest.raises(ExerciseFailed, match=hint):
-        check(fn)
-
-
 def test_stubs_fail_politely():
-    def stub(*args):
-        raise NotImplementedError("exercise: write this part")
     for check in (check_param_count, check_rmsnorm, check_rope, check_unpermute):
         fails_with(check, stub, "not implemented yet")
 

@@ -5,16 +5,18 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import stub
 
 from llama2_edu.chat import B_INST, B_SYS, E_INST, E_SYS, encode_dialog
-from llama2_edu.exercises import (check_bpe_merge, check_chat_format, check_count_pairs,
-                                  check_sample_next, check_top_p)
+from llama2_edu.exercises import (
+    check_bpe_merge,
+    check_chat_format,
+    check_count_pairs,
+    check_sample_next,
+    check_top_p,
+)
 from llama2_edu.exercises._harness import ExerciseFailed
 from llama2_edu.generation import sample_next, top_p_filter
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("exercise: write this part")
 
 
 @pytest.mark.parametrize("check", [check_count_pairs, check_bpe_merge, check_chat_format,
