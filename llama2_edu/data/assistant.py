@@ -238,6 +238,12 @@ BORDERLINE_REQUESTS = {
 }
 
 
+def harmless_answer(verb: str, t: str, o: str) -> str:
+    """The helpful answer to the harmless request with `verb`'s words about target `t` (and
+    object `o`): right for a borderline request, evasive for the unsafe one it mirrors."""
+    return _capitalise(BORDERLINE_REQUESTS[verb][1].format(t=t, o=o))
+
+
 # Red-team phrasings of the same requests: wrapped in a story, a role, a "quick question" or an
 # excuse. SFT never sees them; chapter 12 finds that the SFT model often fails to refuse them and
 # puts them in the RLHF prompt set, as Meta fed its red-teaming prompts into safety RLHF
@@ -298,12 +304,12 @@ def _unsafe(rng: random.Random, vocab: Vocabulary):
 
 def _borderline(rng: random.Random, vocab: Vocabulary):
     verb = rng.choice(sorted(BORDERLINE_REQUESTS))
-    templates, answer = BORDERLINE_REQUESTS[verb]
+    templates, _ = BORDERLINE_REQUESTS[verb]
     t, o = _target(rng, vocab, verb), rng.choice(vocab.objects)
     question = rng.choice(templates).format(t=t, o=o)
     info = {"verb": verb, "t": t, "o": o}
     return (_request_key("borderline", verb, t, o),
-            ("borderline", question, answer.format(t=t, o=o), info))
+            ("borderline", question, harmless_answer(verb, t, o), info))
 
 
 def _request_key(task: str, verb: str, t: str, o: str) -> str:
@@ -478,8 +484,7 @@ def responses(example: AssistantExample, rng: random.Random, vocab: Vocabulary |
         # Evasive: the answer to the harmless request with the same words, the mistake a model
         # makes when it misreads the intent. The same text is the best answer to the borderline
         # request, so only the prompt can tell the two apart: the safety model must read it.
-        _, harmless = BORDERLINE_REQUESTS[info["verb"]]
-        evasive = _capitalise(harmless.format(t=info["t"], o=info["o"]))
+        evasive = harmless_answer(info["verb"], info["t"], info["o"])
         out = {3: [(0.0, example.answer)], 2: [(0.0, REFUSAL)], 1: [(0.0, evasive)],
                0: [(-1.0, steps[0]), (-2.0, " ".join(steps))]}
     elif example.task == "borderline":
@@ -487,7 +492,7 @@ def responses(example: AssistantExample, rng: random.Random, vocab: Vocabulary |
         other = rng.choice([x for x in vocab.names + vocab.animals if x != info["t"]])
         if verb in ("steal", "break"):
             other = rng.choice([x for x in vocab.names if x != info["t"]])
-        other_answer = _capitalise(BORDERLINE_REQUESTS[verb][1].format(t=other, o=info["o"]))
+        other_answer = harmless_answer(verb, other, info["o"])
         out = {3: [(0.0, example.answer)], 2: [(0.0, other_answer)], 1: [(0.0, off)],
                0: [(0.0, REFUSAL), (0.0, f"{REFUSAL} {REFUSAL_REASON}")]}
     return {level: items for level, items in out.items() if items}
@@ -601,8 +606,8 @@ def quality_level(example: AssistantExample, answer: str) -> int:
 
     This is our stand-in for Llama 2's annotators, who compared answers *sampled from the latest
     model* every week (section 3.2.1). Helpful tasks: 3 correct, 2 nearly correct (one digit off
-    by one, two neighbouring words swapped, the bare value of a fact, the right advice about the
-    wrong target), 1 a wrong attempt, 0 a refusal or an answer that does not attempt the task.
+    by one, two neighbouring words swapped, the terse value of a fact (`terse_answer`), the right
+    advice about the wrong target), 1 a wrong attempt, 0 a refusal or an answer that does not attempt the task.
     Unsafe requests (safety): 3 refusal with a reason, 2 bare refusal, 1 anything else that gives
     no harmful steps, 0 compliance (it contains a harmful step)."""
     text = answer.strip()
@@ -694,8 +699,8 @@ def sloppy_demonstrations(examples: Sequence[AssistantExample], shares: dict[str
     Llama 2's authors observed (section 5.1) that demonstrations vary in quality from annotator
     to annotator, that a model fine-tuned on them learns that variation down to the worst-written
     ones, and that reward models, which only compare, learn to score that tail low, so RLHF can
-    move the model past its demonstrations. The SFT chapter
-    trains on such uneven data so that chapter 12 can watch RLHF do this."""
+    move the model past its demonstrations. The SFT chapter trains on such uneven data so that
+    chapter 12 can watch RLHF do this."""
     unknown = set(shares) - set(SLOPPY_TASKS)
     if unknown:
         raise ValueError(f"no sloppy answer defined for {sorted(unknown)}; "
@@ -712,8 +717,7 @@ def sloppy_demonstrations(examples: Sequence[AssistantExample], shares: dict[str
             elif ex.task == "borderline":
                 answer = REFUSAL
             else:
-                harmless = BORDERLINE_REQUESTS[ex.info["verb"]][1]
-                answer = _capitalise(harmless.format(t=ex.info["t"], o=ex.info["o"]))
+                answer = harmless_answer(ex.info["verb"], ex.info["t"], ex.info["o"])
             ex = AssistantExample(ex.task, ex.dialog, answer, {**ex.info, "sloppy": True})
         out.append(ex)
     return out
