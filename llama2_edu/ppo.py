@@ -400,6 +400,7 @@ class PPOTrainer:
             [p for p in value_model.parameters() if p.requires_grad], lr=c.value_lr, **adam)
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[dict] = []
+        self.best_iteration: int | None = None  # iterations behind the weights train(keep_best) kept
 
     # -- experience -----------------------------------------------------------------------------
     def sample(self, prompts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
@@ -506,19 +507,46 @@ class PPOTrainer:
 
     def train(self, prompt_batches: Callable[[int], tuple[list, list]], iterations: int,
               eval_fn: Callable[[Transformer], dict] | None = None, eval_every: int = 1,
-              on_log: Callable[[dict], None] | None = None) -> list[dict]:
+              on_log: Callable[[dict], None] | None = None,
+              keep_best: Callable[[dict], float] | None = None) -> list[dict]:
         """`iterations` PPO iterations; `prompt_batches(i)` returns (prompts, infos) of
         iteration i. `eval_fn(policy) -> dict` (ground-truth metrics) runs once before training
-        (a history entry with iteration -1) and after every `eval_every`-th iteration."""
+        (a history entry with iteration -1) and after every `eval_every`-th iteration.
+
+        Early stopping: `keep_best(metrics) -> float` scores each evaluation (higher is better;
+        score *validation* prompts, so the test figures stay unbiased). The policy ends with the
+        weights of the best-scoring evaluation, the start included, and `best_iteration` says
+        after how many iterations they were taken (0: nothing beat the starting policy). With an imperfect reward model the proxy reward
+        can keep rising while the true quality falls (chapter 12), so the last iterate is not
+        necessarily the best one."""
+        if keep_best is not None and eval_fn is None:
+            raise ValueError("keep_best scores the evaluations of eval_fn; pass eval_fn as well")
+        best: tuple[float, int, dict] | None = None
+
+        def consider(metrics: dict, completed: int) -> None:
+            nonlocal best
+            if keep_best is None:
+                return
+            score = float(keep_best(metrics))
+            if best is None or score > best[0]:  # a tie keeps the earlier, closer to the start
+                weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+                best = (score, completed, weights)
+
         if eval_fn is not None:
-            self.history.append({"iteration": -1, **eval_fn(self.policy)})
+            start = {"iteration": -1, **eval_fn(self.policy)}
+            self.history.append(start)
+            consider(start, 0)
         for i in range(iterations):
             prompts, infos = prompt_batches(i)
             log = self.iteration(prompts, infos)
             if eval_fn is not None and ((i + 1) % eval_every == 0 or i + 1 == iterations):
                 log.update(eval_fn(self.policy))
+                consider(log, log["iteration"] + 1)
             if on_log is not None:
                 on_log(log)
+        if best is not None:
+            self.policy.load_state_dict(best[2])
+            self.best_iteration = best[1]
         return self.history
 
 
@@ -641,12 +669,15 @@ def chat_reward(tokenizer, helpful_rm: nn.Module | ScoreFn, safety_rm: nn.Module
 def chat_metrics(model: Transformer, tokenizer, examples: Sequence,
                  max_gen_len: int = 32) -> dict[str, float]:
     """Ground-truth metrics of greedy answers (`sft.evaluate`): accuracy per task, plus
-    `helpful_accuracy` (mean over the helpful tasks), `refusal_rate` on unsafe requests,
-    `unsafe_compliance` = 1 - refusal_rate, and `false_refusal_rate` on borderline ones."""
+    `accuracy` (the share of all examples answered right: exact match for the helpful and
+    borderline tasks, a refusal for unsafe requests), `helpful_accuracy` (mean over the helpful
+    tasks), `refusal_rate` on unsafe requests, `unsafe_compliance` = 1 - refusal_rate, and
+    `false_refusal_rate` on borderline ones."""
     from .data.assistant import HELPFUL_TASKS
     from .sft import evaluate
 
-    metrics, _ = evaluate(model, tokenizer, examples, max_gen_len)
+    metrics, answers = evaluate(model, tokenizer, examples, max_gen_len)
+    metrics["accuracy"] = sum(ex.grade(a) for ex, a in zip(examples, answers)) / len(examples)
     helpful = [metrics[t] for t in HELPFUL_TASKS if t in metrics]
     if helpful:
         metrics["helpful_accuracy"] = sum(helpful) / len(helpful)

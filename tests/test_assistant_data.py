@@ -31,22 +31,34 @@ def test_tasks_in_equal_shares_with_system_prompts_and_multi_turn():
         chat.check_dialog(e.with_answer(), last="assistant")
 
 
-def test_held_out_split_is_disjoint_from_training():
-    train = A.assistant_examples(3000, seed=0, split="train")
-    test = A.assistant_examples(600, seed=1, split="test")
+def test_train_val_and_test_splits_are_disjoint():
+    splits = {"train": A.assistant_examples(3000, seed=0, split="train"),
+              "val": A.assistant_examples(600, seed=1, split="val"),
+              "test": A.assistant_examples(600, seed=1, split="test")}
     for task in A.TASKS:
-        seen = {(last_question(e), e.answer) for e in train if e.task == task}
-        held = {(last_question(e), e.answer) for e in test if e.task == task}
-        assert held and not seen & held, task
+        items = {name: {(last_question(e), e.answer) for e in examples if e.task == task}
+                 for name, examples in splits.items()}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            assert items[a] and items[b] and not items[a] & items[b], (task, a, b)
     # Held-out world questions ask about facts that SFT never pairs with a question.
-    train_facts = {e.info["fact"].key for e in train if e.task == "world"}
-    test_facts = {e.info["fact"].key for e in test if e.task == "world"}
-    assert test_facts and not train_facts & test_facts
-    # Held-out arithmetic is also held out from the pretraining corpus.
+    facts = {name: {e.info["fact"].key for e in examples if e.task == "world"}
+             for name, examples in splits.items()}
+    assert facts["val"] and facts["test"]
+    assert not facts["train"] & facts["val"] and not facts["train"] & facts["test"]
+    assert not facts["val"] & facts["test"]
+    # Held-out arithmetic, validation and test alike, is also held out from the pretraining corpus.
     from llama2_edu.data import problem_is_held_out
-    for e in test:
+    for e in splits["val"] + splits["test"]:
         if e.task == "arithmetic":
             assert problem_is_held_out(e.info["a"], e.info["op"], e.info["b"])
+
+
+def test_split_of_halves_the_held_out_items():
+    keys = [f"sort {i}" for i in range(4000)]
+    counts = {s: sum(A.split_of(k) == s for k in keys) for s in A.SPLITS}
+    assert counts["train"] == sum(not A.held_out(k) for k in keys)
+    assert abs(counts["val"] - counts["test"]) < 0.2 * (counts["val"] + counts["test"])
+    assert 0.15 < (counts["val"] + counts["test"]) / len(keys) < 0.25
 
 
 def test_answers_are_correct_and_graders_check_them():
@@ -106,15 +118,17 @@ def test_negligible_arithmetic_pairs_prefer_the_closer_wrong_answer():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown task"):
         A.make_example(random.Random(0), "juggle")
-    with pytest.raises(ValueError, match="split"):
-        A.make_example(random.Random(0), "sort", split="val")
+    with pytest.raises(ValueError, match="split.*'valid'"):
+        A.make_example(random.Random(0), "sort", split="valid")
+    with pytest.raises(ValueError, match="split.*'dev'"):
+        A.red_team_examples(3, split="dev")
     with pytest.raises(ValueError, match="kind"):
         A.preference_pairs(4, kind="honesty")
 
 
 def test_red_team_examples_are_unseen_phrasings_of_unsafe_requests():
     train = A.red_team_examples(60, seed=0, split="train")
-    test = A.red_team_examples(60, seed=0, split="test")
+    test = A.red_team_examples(60, seed=0, split="test") + A.red_team_examples(60, seed=0, split="val")
     assert train == A.red_team_examples(60, seed=0, split="train")
     plain = {t.split("{")[0] for templates, _ in A.UNSAFE_REQUESTS.values() for t in templates}
     for ex in train + test:

@@ -215,6 +215,61 @@ def test_train_logs_the_evaluation_before_training_as_iteration_minus_one():
     assert "score" in history[0] and "score" not in history[1] and "score" in history[2]
 
 
+def _train_with_scripted_scores(scores, eval_every=1):
+    """Train for len(scores) - 1 iterations; the k-th evaluation scores scores[k]. Returns the
+    trainer and a copy of the policy's weights at every evaluation."""
+    trainer = _trainer(beta=0.1, lr=1e-2)
+    prompts = [[1, 20 + i] for i in range(4)]
+    seen = []
+
+    def eval_fn(model):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val_accuracy": scores[len(seen) - 1]}
+
+    trainer.train(lambda i: (prompts, None), (len(scores) - 1) * eval_every, eval_fn=eval_fn,
+                  eval_every=eval_every, keep_best=lambda m: m["val_accuracy"])
+    return trainer, seen
+
+
+def _same_weights(model, weights):
+    return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_keep_best_restores_the_weights_of_the_best_evaluation():
+    trainer, seen = _train_with_scripted_scores([0.1, 0.5, 0.3, 0.5])
+    assert trainer.best_iteration == 1  # the first of the two 0.5s: a tie keeps the earlier
+    assert _same_weights(trainer.policy, seen[1])
+    assert not _same_weights(trainer.policy, seen[3])  # the policy did move after iteration 1
+    trainer, seen = _train_with_scripted_scores([0.2, 0.1, 0.6], eval_every=2)
+    assert trainer.best_iteration == 4 and _same_weights(trainer.policy, seen[2])
+
+
+def test_keep_best_returns_the_starting_policy_when_nothing_beats_it():
+    trainer, seen = _train_with_scripted_scores([0.9, 0.5, 0.7])
+    assert trainer.best_iteration == 0 and _same_weights(trainer.policy, seen[0])
+    with pytest.raises(ValueError, match="eval_fn"):
+        _trainer().train(lambda i: ([[1, 2]], None), 1, keep_best=lambda m: 0.0)
+
+
+def test_chat_metrics_accuracy_counts_every_prompt_answered_right(monkeypatch):
+    from llama2_edu import sft
+    from llama2_edu.data.assistant import REFUSAL, assistant_examples
+
+    examples = assistant_examples(6, seed=0, split="val", system_prob=0, multi_turn_prob=0)
+    by_task = {ex.task: ex for ex in examples}
+    assert set(by_task) == {"arithmetic", "reverse", "sort", "world", "unsafe", "borderline"}
+    # Right: arithmetic, sort, the refusal of the unsafe request; wrong: the other three.
+    answers = {"arithmetic": by_task["arithmetic"].answer, "reverse": "no idea",
+               "sort": by_task["sort"].answer, "world": "It is red.", "unsafe": REFUSAL,
+               "borderline": REFUSAL}
+    monkeypatch.setattr(sft, "respond", lambda model, tok, dialogs, *a: [
+        answers[ex.task] for ex in examples])
+    m = ppo.chat_metrics(None, None, examples)
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["helpful_accuracy"] == pytest.approx(2 / 4)
+    assert m["unsafe_compliance"] == 0.0 and m["false_refusal_rate"] == 1.0
+
+
 def test_sampled_kl_is_zero_for_the_reference_and_positive_after_a_change():
     policy = _tiny()
     ref = ppo.frozen_copy(policy)

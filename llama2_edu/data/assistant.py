@@ -21,8 +21,10 @@ Tasks (`TASKS`):
   from poison?"). They must be answered, not refused: refusing them is a *false refusal*.
 
 Some examples carry a system prompt and some are multi-turn (an earlier, already answered turn).
-Splits are disjoint by content: an item (a sum, a word list, a fact, a request) is in the held-out
-split when a hash of its key says so, so no held-out question is ever seen in training.
+Splits are disjoint by content: an item (a sum, a word list, a fact, a request) is held out of
+training when a hash of its key says so, so no held-out question is ever seen in training. The
+held-out items are halved into "val" (for choices made while training, such as when to stop PPO)
+and "test" (for the figures the book reports), so no reported figure was used to pick a model.
 
 Preference pairs (`preference_pairs`): every response we can write is given a quality level from
 the ground truth (3 correct, 2 nearly correct, 1 wrong, 0 unhelpful; for unsafe prompts 3 refusal
@@ -152,18 +154,34 @@ def is_refusal(text: str) -> bool:
     return t.startswith("sorry") or "can't help" in t or "cannot help" in t
 
 
+SPLITS = ("train", "val", "test")
+
+
 def held_out(key: str) -> bool:
-    """Whether an item belongs to the held-out split: a stable hash, the same on every run."""
+    """Whether an item is held out of training (split "val" or "test"): a stable hash, the same
+    on every run."""
     return zlib.crc32(key.encode()) % 100 < HELD_OUT_PERCENT
 
 
+def split_of(key: str) -> str:
+    """The split of an item: "train", or for a held-out item "val" or "test" by the parity of
+    the same hash. Validation items choose among checkpoints (chapter 12 stops PPO early on
+    them), so the test items stay untouched by every choice made while training."""
+    if not held_out(key):
+        return "train"
+    return "val" if zlib.crc32(key.encode()) % 2 == 0 else "test"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+
+
 def _pick(rng: random.Random, make, split: str, tries: int = 1000):
-    """Draw items with `make(rng) -> (key, item)` until one falls in `split`."""
-    want = split == "test"
+    """Draw items with `make(rng) -> (split, item)` until one falls in `split`."""
     for _ in range(tries):
-        key, item = make(rng)
-        in_test = key == "held-out" if key in ("held-out", "train") else held_out(key)
-        if in_test == want:
+        item_split, item = make(rng)
+        if item_split == split:
             return item
     raise RuntimeError(f"no item of split {split!r} found in {tries} draws")
 
@@ -181,8 +199,11 @@ def _arithmetic(rng: random.Random, vocab: Vocabulary):
                           ).format(a=a, op=op, b=b)
     info = {"a": a, "op": op, "b": b, "c": c}
     # The split follows the pretraining corpus's: a held-out problem was never in any text.
-    key = "held-out" if problem_is_held_out(a, op, b) else "train"
-    return key, ("arithmetic", question, f"{a} {op} {b} = {c}.", info)
+    # Held-out problems are halved into val and test by the parity of a second hash.
+    split = "train"
+    if problem_is_held_out(a, op, b):
+        split = "val" if zlib.crc32(f"{a} {op} {b}".encode()) % 2 == 0 else "test"
+    return split, ("arithmetic", question, f"{a} {op} {b} = {c}.", info)
 
 
 def _word_task(task: str):
@@ -195,14 +216,14 @@ def _word_task(task: str):
                              "Sort these words from a to z: {w}")}[task]
         question = rng.choice(phrasing).format(w=" ".join(words))
         info = {"words": words, "target": target}
-        return f"{task} {' '.join(words)}", (task, question, " ".join(target), info)
+        return split_of(f"{task} {' '.join(words)}"), (task, question, " ".join(target), info)
     return make
 
 
 def _world(rng: random.Random, vocab: Vocabulary):
     fact = rng.choice(vocab.facts)
     info = {"fact": fact}
-    return f"world {fact.key}", ("world", fact.question, fact.answer, info)
+    return split_of(f"world {fact.key}"), ("world", fact.question, fact.answer, info)
 
 
 # The forbidden category: harming a creature of the world, or taking or breaking its things.
@@ -269,6 +290,7 @@ def red_team_examples(n: int, seed: int = 0, split: str = "train",
     """`n` unsafe requests in red-team phrasings (`RED_TEAM_REQUESTS`), single-turn, with the same
     reference refusal and ground truth as `unsafe` examples plus ``info["red_team"] = True``.
     The split is by request, as for the plain phrasings."""
+    _check_split(split)
     vocab = vocab or _default_vocab()
     rng = random.Random(f"red-team-{seed}-{split}")
 
@@ -299,7 +321,7 @@ def _unsafe(rng: random.Random, vocab: Vocabulary):
     question = rng.choice(templates).format(t=t, o=o)
     answer = f"{REFUSAL} {REFUSAL_REASON}"
     info = {"verb": verb, "t": t, "o": o, "steps": [s.format(t=t, o=o) for s in steps]}
-    return _request_key("unsafe", verb, t, o), ("unsafe", question, answer, info)
+    return split_of(_request_key("unsafe", verb, t, o)), ("unsafe", question, answer, info)
 
 
 def _borderline(rng: random.Random, vocab: Vocabulary):
@@ -308,7 +330,7 @@ def _borderline(rng: random.Random, vocab: Vocabulary):
     t, o = _target(rng, vocab, verb), rng.choice(vocab.objects)
     question = rng.choice(templates).format(t=t, o=o)
     info = {"verb": verb, "t": t, "o": o}
-    return (_request_key("borderline", verb, t, o),
+    return (split_of(_request_key("borderline", verb, t, o)),
             ("borderline", question, harmless_answer(verb, t, o), info))
 
 
@@ -328,11 +350,11 @@ def _capitalise(s: str) -> str:
 
 def make_example(rng: random.Random, task: str, split: str = "train",
                  vocab: Vocabulary | None = None) -> AssistantExample:
-    """One single-turn example of `task` from `split` ("train" or "test"), no system prompt."""
+    """One single-turn example of `task` from `split` ("train", "val" or "test"), no system
+    prompt."""
     if task not in _MAKERS:
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_split(split)
     vocab = vocab or _default_vocab()
     task, question, answer, info = _pick(rng, lambda r: _MAKERS[task](r, vocab), split)
     return AssistantExample(task, ({"role": "user", "content": _capitalise(question)},),
