@@ -1,0 +1,30 @@
+"""The seed-check tool must run what chapter 12 runs: its settings are the notebook's."""
+import ast
+import json
+from pathlib import Path
+
+from llama2_edu.tools import ppo_seeds
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "12_rlhf_ppo.ipynb"
+
+
+def _literal_dict(node: ast.Call) -> dict:
+    """A `dict(a=1, b=dict(...))` call node as a dict of literals."""
+    return {k.arg: _literal_dict(k.value) if isinstance(k.value, ast.Call)
+            else ast.literal_eval(k.value) for k in node.keywords}
+
+
+def _toy_sizes() -> dict:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells
+                  if c["cell_type"] == "code" and "sizes = pick(" in "".join(c["source"]))
+    call = ast.parse(source[source.index("sizes = pick("):]).body[0].value
+    return _literal_dict(next(k.value for k in call.keywords if k.arg == "toy"))
+
+
+def test_tool_settings_are_the_notebooks():
+    sizes = _toy_sizes()
+    expected = {**sizes["round2"], "minibatch": sizes["minibatch"],
+                "max_gen_len": sizes["max_gen_len"], "n_test": sizes["n_test"],
+                "n_red_test": sizes["n_red_test"]}
+    assert ppo_seeds.ROUND2 == expected
