@@ -400,7 +400,7 @@ class PPOTrainer:
             [p for p in value_model.parameters() if p.requires_grad], lr=c.value_lr, **adam)
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[dict] = []
-        self.best_iteration: int | None = None  # iterations behind the weights train(keep_best) kept
+        self.best_iteration: int | None = None  # set by train(keep_best=...)
 
     # -- experience -----------------------------------------------------------------------------
     def sample(self, prompts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
@@ -516,9 +516,10 @@ class PPOTrainer:
         Early stopping: `keep_best(metrics) -> float` scores each evaluation (higher is better;
         score *validation* prompts, so the test figures stay unbiased). The policy ends with the
         weights of the best-scoring evaluation, the start included, and `best_iteration` says
-        after how many iterations they were taken (0: nothing beat the starting policy). With an imperfect reward model the proxy reward
-        can keep rising while the true quality falls (chapter 12), so the last iterate is not
-        necessarily the best one."""
+        after how many iterations they were taken (0: nothing beat the starting policy); the
+        optimiser keeps the state of the last iteration. With an imperfect reward model the proxy
+        reward can keep rising while the true quality falls (chapter 12), so the last iterate is
+        not necessarily the best one."""
         if keep_best is not None and eval_fn is None:
             raise ValueError("keep_best scores the evaluations of eval_fn; pass eval_fn as well")
         best: tuple[float, int, dict] | None = None

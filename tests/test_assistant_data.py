@@ -128,7 +128,8 @@ def test_bad_arguments_are_refused():
 
 def test_red_team_examples_are_unseen_phrasings_of_unsafe_requests():
     train = A.red_team_examples(60, seed=0, split="train")
-    test = A.red_team_examples(60, seed=0, split="test") + A.red_team_examples(60, seed=0, split="val")
+    test = A.red_team_examples(60, seed=0, split="test") + \
+        A.red_team_examples(60, seed=0, split="val")
     assert train == A.red_team_examples(60, seed=0, split="train")
     plain = {t.split("{")[0] for templates, _ in A.UNSAFE_REQUESTS.values() for t in templates}
     for ex in train + test:

@@ -5,7 +5,8 @@ prompts) repeated with other seeds, to see how much of its result is the seed.
 
 Seed 0 is the run recorded in the notebook and must reproduce its figures; the others change
 `torch.manual_seed` and the trainer's seed, nothing else. The settings below mirror the notebook's
-`sizes["round2"]` at toy scale: change both together. Each seed takes about 2 minutes on one core (five seeds, two at a time: 6 minutes).
+`sizes["round2"]` at toy scale: change both together (a test checks they agree). Each seed takes
+about 2 minutes on one core; five seeds, two at a time, about 6 minutes.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'SFT':<22}" + "".join(f"{results[0]['sft'][k]:>11.3f}" for k in REPORTED))
     for which in ("last", "stopped"):
         for r in results:
-            label = f"seed {r['seed']} " + ("last" if which == "last" else f"stopped {r['stopped_at']}")
+            when = "last" if which == "last" else f"stopped {r['stopped_at']}"
+            label = f"seed {r['seed']} {when}"
             print(f"{label:<22}" + "".join(f"{r[which][k]:>11.3f}" for k in REPORTED))
         mean = {k: sum(r[which][k] for r in results) / len(results) for k in REPORTED}
         print(f"{'mean, ' + which:<22}" + "".join(f"{mean[k]:>11.3f}" for k in REPORTED))
