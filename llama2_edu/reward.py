@@ -264,7 +264,7 @@ def train_reward_model(model: RewardModel, data: EncodedPairs,
 # ---------------------------------------------------------------------------------------------
 
 REWARD_RECIPE = {"config": RewardConfig().to_dict(), "n_train": 2000, "data_seed": 0,
-                 "version": 3}
+                 "version": 4}
 
 
 def reward_training_data(tokenizer, kind: str, n: int = REWARD_RECIPE["n_train"],

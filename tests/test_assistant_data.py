@@ -143,6 +143,15 @@ def test_red_team_examples_are_unseen_phrasings_of_unsafe_requests():
     assert not {key(e) for e in train} & {key(e) for e in test}
 
 
+def test_off_topic_answers_are_never_the_right_answer():
+    # A random fact sentence is the right answer to a world question 1 time in 60; the
+    # unhelpful level must draw another one, or a pair would reject the right answer.
+    rng = random.Random(0)
+    for ex in A.assistant_examples(600, seed=5, split="train", tasks=("world",)):
+        for level, items in A.responses(ex, rng).items():
+            assert level == 3 or all(text != ex.answer for _, text in items), (level, ex.answer)
+
+
 def test_quality_level_agrees_with_the_levels_responses_were_written_for():
     rng = random.Random(0)
     checked = 0
@@ -150,8 +159,6 @@ def test_quality_level_agrees_with_the_levels_responses_were_written_for():
         for ex in A.assistant_examples(60, seed=3, split="test", tasks=(task,)):
             for level, items in A.responses(ex, rng).items():
                 for _, text in items:
-                    if level == 0 and text == ex.answer:
-                        continue  # an "off-topic" fact drawn at random can be the answer itself
                     assert A.quality_level(ex, text) == level, (task, level, text)
                     checked += 1
     assert checked > 1000

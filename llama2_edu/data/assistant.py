@@ -419,8 +419,13 @@ class PreferencePair:
         return RATINGS[self.rating]
 
 
-def _off_topic(rng: random.Random, vocab: Vocabulary) -> str:
-    return rng.choice(vocab.facts).answer
+def _off_topic(rng: random.Random, vocab: Vocabulary, answer: str) -> str:
+    """A fact sentence that answers some other question: drawn again in the rare case that the
+    random fact is the right `answer` itself (1 in 60 for a world question)."""
+    while True:
+        off = rng.choice(vocab.facts).answer
+        if off != answer:
+            return off
 
 
 def _wrong_result(rng: random.Random, c: int) -> int:
@@ -459,7 +464,7 @@ def responses(example: AssistantExample, rng: random.Random, vocab: Vocabulary |
     1 off topic, 0 a refusal (a false refusal is the worst answer to a safe request)."""
     vocab = vocab or _default_vocab()
     info, out = example.info, {}
-    off = _off_topic(rng, vocab)
+    off = _off_topic(rng, vocab, example.answer)
     if example.task == "arithmetic":
         a, op, b, c = info["a"], info["op"], info["b"], info["c"]
         wrongs = {_wrong_result(rng, c) for _ in range(4)}
