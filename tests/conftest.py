@@ -29,6 +29,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+class ByteTokenizer:
+    """Bytes as ids (offset 3), BOS 1, EOS 2: enough for the chat format in a test."""
+    bos_id, eos_id = 1, 2
+
+    def encode(self, s, bos, eos):
+        return [1] * bos + [b + 3 for b in s.encode()] + [2] * eos
+
+    def decode(self, ids):
+        return bytes(i - 3 for i in ids if i > 2).decode()
+
+
 def tiny_model(seed: int = 0, preset: str = "tiny-gqa"):
     """A seeded random model of a tiny preset, in eval mode."""
     import llama2_edu as L

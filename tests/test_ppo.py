@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import ByteTokenizer
 from conftest import tiny_model as _tiny
 
 from llama2_edu import ppo
@@ -282,23 +283,12 @@ def test_sampled_kl_is_zero_for_the_reference_and_positive_after_a_change():
     assert kl.shape == (60,) and kl.mean() > 0
 
 
-class _CharTokenizer:
-    """Bytes as ids (offset 3), BOS 1, EOS 2: enough for the chat format in a test."""
-    bos_id, eos_id = 1, 2
-
-    def encode(self, s, bos, eos):
-        return [1] * bos + [b + 3 for b in s.encode()] + [2] * eos
-
-    def decode(self, ids):
-        return bytes(i - 3 for i in ids if i > 2).decode()
-
-
 def test_chat_reward_scores_answers_with_chat_tags_lowest(one_thread):
     from types import SimpleNamespace
 
     from llama2_edu.reward import RewardModel
 
-    tok = _CharTokenizer()
+    tok = ByteTokenizer()
     rm = RewardModel(_tiny())
     torch.nn.init.normal_(rm.head.weight, std=1.0)
     ex = SimpleNamespace(task="sort", dialog=({"role": "user", "content": "Sort: b a"},))
@@ -315,7 +305,7 @@ def test_chat_reward_scores_answers_with_chat_tags_lowest(one_thread):
 def test_gold_helpfulness_scores_the_ground_truth_level_and_the_rule_uses_it():
     from llama2_edu.data import assistant as A
 
-    tok = _CharTokenizer()
+    tok = ByteTokenizer()
     ex = A.make_example(__import__("random").Random(0), "sort", "test")
     target = ex.answer.split()
     swapped = [target[1], target[0]] + target[2:]

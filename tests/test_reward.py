@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import ByteTokenizer
 
 import llama2_edu as L
 from llama2_edu import reward as R
@@ -150,15 +151,6 @@ def test_on_policy_pairs_compare_the_models_own_answers(one_thread):
 
 def test_on_policy_pairs_prefer_the_better_of_the_models_answers(monkeypatch):
     import llama2_edu.rejection_sampling as RS
-
-    class ByteTokenizer:
-        bos_id, eos_id = 1, 2
-
-        def encode(self, s, bos, eos):
-            return [1] * bos + [b + 3 for b in s.encode()] + [2] * eos
-
-        def decode(self, ids):
-            return bytes(i - 3 for i in ids if i > 2).decode()
 
     tok = ByteTokenizer()
     texts = [A.REFUSAL, "Here is how: do it.", f"{A.REFUSAL} {A.REFUSAL_REASON}"]
