@@ -167,8 +167,11 @@ def split_of(key: str) -> str:
     """The split of an item: "train", or for a held-out item "val" or "test" by the parity of
     the same hash. Validation items choose among checkpoints (chapter 12 stops PPO early on
     them), so the test items stay untouched by every choice made while training."""
-    if not held_out(key):
-        return "train"
+    return _held_out_half(key) if held_out(key) else "train"
+
+
+def _held_out_half(key: str) -> str:
+    """"val" or "test" for a held-out item, by the parity of a hash of its key."""
     return "val" if zlib.crc32(key.encode()) % 2 == 0 else "test"
 
 
@@ -199,10 +202,7 @@ def _arithmetic(rng: random.Random, vocab: Vocabulary):
                           ).format(a=a, op=op, b=b)
     info = {"a": a, "op": op, "b": b, "c": c}
     # The split follows the pretraining corpus's: a held-out problem was never in any text.
-    # Held-out problems are halved into val and test by the parity of a second hash.
-    split = "train"
-    if problem_is_held_out(a, op, b):
-        split = "val" if zlib.crc32(f"{a} {op} {b}".encode()) % 2 == 0 else "test"
+    split = _held_out_half(f"{a} {op} {b}") if problem_is_held_out(a, op, b) else "train"
     return split, ("arithmetic", question, f"{a} {op} {b} = {c}.", info)
 
 
