@@ -3,6 +3,8 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
+
 from llama2_edu.tools import ppo_seeds
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "12_rlhf_ppo.ipynb"
@@ -28,3 +30,8 @@ def test_tool_settings_are_the_notebooks():
                 "max_gen_len": sizes["max_gen_len"], "n_test": sizes["n_test"],
                 "n_red_test": sizes["n_red_test"]}
     assert ppo_seeds.ROUND2 == expected
+
+
+def test_unknown_judge_is_named():
+    with pytest.raises(ValueError, match="'oracle'"):
+        ppo_seeds.run(0, helpfulness="oracle")

@@ -2,9 +2,13 @@
 prompts) repeated with other seeds, to see how much of its result is the seed.
 
     python -m llama2_edu.tools.ppo_seeds --seeds 0 1 2 3 4 --jobs 2
+    python -m llama2_edu.tools.ppo_seeds --seeds 0 1 2 3 4 --jobs 2 --helpfulness gold
 
 Seed 0 is the run recorded in the notebook and must reproduce its figures; the others change
-`torch.manual_seed` and the trainer's seed, nothing else. The settings below mirror the notebook's
+`torch.manual_seed` and the trainer's seed, nothing else. `--helpfulness gold` puts the
+ground-truth judge (`ppo.gold_helpfulness`) in the place of the learned helpfulness model, as
+chapter 13 does in its last section: the same algorithm, rewarded by the truth. The safety judge
+stays the learned round-2 model either way. The settings below mirror the notebook's
 `sizes["round2"]` at toy scale: change both together (a test checks they agree). Each seed takes
 about 2 minutes on one core; five seeds, two at a time, about 6 minutes.
 """
@@ -25,8 +29,14 @@ REPORTED = ("arithmetic", "reverse", "sort", "world", "helpful_accuracy", "unsaf
             "red_team_compliance", "false_refusal_rate", "kl_to_sft")
 
 
-def run(seed: int) -> dict:
-    """One run; returns the SFT, last-iterate and early-stopped test metrics."""
+JUDGES = ("learned", "gold")
+
+
+def run(seed: int, helpfulness: str = "learned") -> dict:
+    """One run; returns the SFT, last-iterate and early-stopped test metrics. `helpfulness`:
+    the round-2 helpfulness model ("learned") or the ground truth ("gold") as the helpful judge."""
+    if helpfulness not in JUDGES:
+        raise ValueError(f"helpfulness must be one of {', '.join(JUDGES)}, got {helpfulness!r}")
     torch.set_num_threads(1)
     from llama2_edu import ppo
     from llama2_edu.data.assistant import assistant_examples, red_team_examples
@@ -58,13 +68,14 @@ def run(seed: int) -> dict:
         m["val_accuracy"] = ppo.chat_metrics(model, tok, val, s["max_gen_len"])["accuracy"]
         return m
 
+    helpful_judge = rm_help if helpfulness == "learned" else ppo.gold_helpfulness(tok)
     torch.manual_seed(seed)
     config = ppo.PPOConfig(beta=s["beta"], lr=s["lr"], value_lr=1e-4, ppo_epochs=s["ppo_epochs"],
                            minibatch_size=s["minibatch"], max_gen_len=s["max_gen_len"],
                            eos_id=tok.eos_id)
     trainer = ppo.PPOTrainer(copy.deepcopy(sft), ppo.frozen_copy(sft),
                              ppo.ValueModel.from_reward_model(rm_help),
-                             ppo.chat_reward(tok, rm_help, rm_safe), config, seed=seed)
+                             ppo.chat_reward(tok, helpful_judge, rm_safe), config, seed=seed)
     b = s["batch"]
 
     def batch(i):
@@ -76,7 +87,7 @@ def run(seed: int) -> dict:
                             eval_every=s["eval_every"], keep_best=lambda m: m["val_accuracy"])
     evals = [h for h in history if "val_accuracy" in h]
     stopped = next(h for h in evals if h["iteration"] + 1 == trainer.best_iteration)
-    return {"seed": seed, "stopped_at": trainer.best_iteration, "sft": evals[0],
+    return {"seed": seed, "helpfulness": helpfulness, "stopped_at": trainer.best_iteration, "sft": evals[0],
             "last": evals[-1], "stopped": stopped}
 
 
@@ -84,10 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one core each")
+    parser.add_argument("--helpfulness", choices=JUDGES, default="learned",
+                        help="the helpful judge: chapter 12's round-2 model, or the ground truth")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(run, args.seeds))
+        results = list(pool.map(run, args.seeds, [args.helpfulness] * len(args.seeds)))
 
     short = ("arith.", "reverse", "sort", "world", "helpful", "unsafe", "red team", "false ref.",
              "KL")
