@@ -8,9 +8,10 @@ The notebooks run in a fresh kernel with `notebooks/` as the working directory, 
 JupyterLab; the notebooks themselves are not modified (their committed outputs stay as they
 are). Figures are PNGs written by `llama2_edu.plotting.save`, byte-identical from run to run,
 so `git status` afterwards shows only figures that really changed; the one exception is
-03_kv_cache_decode.png, which plots decode times measured on the machine that runs it. Each notebook writes into a
-fresh folder of its own (through $LLAMA2_EDU_FIGURES), so the list says exactly which notebook
-wrote which figure, even while something else writes to figures/ at the same time.
+03_kv_cache_decode.png, which plots decode times measured on the machine that runs it. Each
+notebook writes into a fresh folder of its own (through $LLAMA2_EDU_FIGURES), so the list says
+exactly which notebook wrote which figure, even while something else writes to figures/ at the
+same time.
 """
 
 from __future__ import annotations

@@ -27,8 +27,6 @@ ROUND2 = dict(batch=64, iterations=20, warmup=2, ppo_epochs=4, lr=3e-5, beta=0.1
               minibatch=16, max_gen_len=24, n_test=240, n_red_test=60)
 REPORTED = ("arithmetic", "reverse", "sort", "world", "helpful_accuracy", "unsafe_compliance",
             "red_team_compliance", "false_refusal_rate", "kl_to_sft")
-
-
 JUDGES = ("learned", "gold")
 
 
@@ -87,8 +85,8 @@ def run(seed: int, helpfulness: str = "learned") -> dict:
                             eval_every=s["eval_every"], keep_best=lambda m: m["val_accuracy"])
     evals = [h for h in history if "val_accuracy" in h]
     stopped = next(h for h in evals if h["iteration"] + 1 == trainer.best_iteration)
-    return {"seed": seed, "helpfulness": helpfulness, "stopped_at": trainer.best_iteration, "sft": evals[0],
-            "last": evals[-1], "stopped": stopped}
+    return {"seed": seed, "helpfulness": helpfulness, "stopped_at": trainer.best_iteration,
+            "sft": evals[0], "last": evals[-1], "stopped": stopped}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run, args.seeds, [args.helpfulness] * len(args.seeds)))
 
+    print(f"helpfulness judge: {args.helpfulness}; test metrics, greedy answers")
     short = ("arith.", "reverse", "sort", "world", "helpful", "unsafe", "red team", "false ref.",
              "KL")
     print(f"{'':<22}" + "".join(f"{k:>11}" for k in short))
